@@ -1,0 +1,81 @@
+"""House style of every chart: seaborn theme, palette, French number formats.
+
+Every chart has a title that states its finding and axis labels with units; the
+notebook prints a sentence that reads it.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
+    try:  # pragma: no cover - depends on the host
+        matplotlib.use("agg")
+    except Exception:
+        pass
+
+import matplotlib.pyplot as plt
+import matplotlib.ticker as mticker
+import seaborn as sns
+
+PALETTE = ["#1f4e79", "#e07b39", "#3a9e6f", "#c44e52", "#8172b2", "#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd"]
+
+
+def setup() -> None:
+    """Apply the house theme (call once per notebook; idempotent)."""
+    sns.set_theme(style="whitegrid", palette=PALETTE, font_scale=1.0)
+    plt.rcParams.update({
+        "figure.figsize": (8, 4.2),
+        "figure.dpi": 100,
+        "savefig.dpi": 100,
+        "axes.titleweight": "bold",
+        "axes.titlesize": 12,
+        "axes.titlelocation": "left",
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+        "axes.formatter.use_locale": False,
+    })
+
+
+def fr_number(x: float, decimals: int = 0) -> str:
+    """Format a number the French way: ``12 345,6`` (narrow no-break space for thousands)."""
+    if x is None or x != x:
+        return "–"
+    text = f"{x:,.{decimals}f}"
+    return text.replace(",", "\u202f").replace(".", ",")
+
+
+def fr_percent(x: float, decimals: int = 1) -> str:
+    """Format a share (0–1) as a French percentage: ``12,5 %``."""
+    if x is None or x != x:
+        return "–"
+    return f"{fr_number(100 * x, decimals)}\u00a0%"
+
+
+def fr_money(x: float, currency: str = "EUR", decimals: int = 0) -> str:
+    """Format an amount: ``12 345 €``."""
+    symbol = {"EUR": "€", "USD": "$", "GBP": "£", "CHF": "CHF"}.get(currency, currency)
+    return f"{fr_number(x, decimals)}\u00a0{symbol}"
+
+
+def axis_fr(ax, axis: str = "y", kind: str = "number", decimals: int = 0, currency: str = "EUR") -> None:
+    """Format the ticks of an axis in French (``number``, ``percent`` for shares 0–1, ``money``)."""
+    fmt = {
+        "number": lambda v, _: fr_number(v, decimals),
+        "percent": lambda v, _: fr_percent(v, decimals),
+        "money": lambda v, _: fr_money(v, currency, decimals),
+    }[kind]
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    target.set_major_formatter(mticker.FuncFormatter(fmt))
+
+
+def finish(fig, title: str, xlabel: str | None = None, ylabel: str | None = None, ax=None):
+    """Set the finding title and axis labels, tighten the layout, return the figure."""
+    ax = ax or fig.axes[0]
+    ax.set_title(title)
+    if xlabel is not None:
+        ax.set_xlabel(xlabel)
+    if ylabel is not None:
+        ax.set_ylabel(ylabel)
+    fig.tight_layout()
+    return fig
