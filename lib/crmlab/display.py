@@ -89,6 +89,10 @@ def table(frame: pd.DataFrame, formats: dict[str, str] | None = None, labels: di
             "pp": lambda v: ("+" if v > 0 else "") + fr_number(100 * v, 1) + " pt" if v == v else "–",
         }[kind]
     styler = frame.style.format(fmt, na_rep="–")
+    text_cols = [c for c in frame.columns if c not in formats and not pd.api.types.is_numeric_dtype(frame[c])]
+    if text_cols:
+        styler = styler.set_properties(subset=text_cols, **{"text-align": "left"})
+    styler = styler.set_table_styles([{"selector": "th", "props": [("text-align", "left")]}], overwrite=False)
     if labels:
         styler = styler.relabel_index([labels.get(c, c) for c in frame.columns], axis=1)
     if not index:

@@ -74,6 +74,7 @@ RUN_PARAMS: dict[str, Param] = {
     "language": Param("str", "fr", "langue des rapports", choices=("fr",)),
     "run_id": Param("str", "", "identifiant de l'exécution ; vide = généré"),
     "truth_dir": Param("path", None, "dossier de vérité terrain du monde de démo (facultatif)", nullable=True),
+    "out_dir": Param("path", None, "dossier de l'exécution (exports, fichiers de revue) ; vide = dossier de la base", nullable=True),
 }
 
 # code, block name, module, notebook (relative to the project root)
@@ -119,6 +120,21 @@ def step_schema(code: str) -> dict[str, Param] | None:
             return None
         raise
     return getattr(mod, "PARAMS", None)
+
+
+def block_check(code: str, block: dict, file: str | None) -> dict:
+    """Cross-key checks of a step block: the step module's ``check_block(block)``, if any."""
+    module = importlib.import_module({c: m for c, _, m, _ in STEPS}[step_code(code)])
+    hook = getattr(module, "check_block", None)
+    if hook is None:
+        return block
+    try:
+        return hook(block)
+    except ParamsError as exc:
+        if file and not exc.file:
+            exc.file = file
+            exc.args = (str(exc),)
+        raise
 
 
 def available_steps(root: Path | None = None) -> list[str]:
@@ -350,7 +366,7 @@ def load(path: str | os.PathLike, overrides: list[str] | None = None) -> RunPara
                 steps[code] = dict(data[name])
             continue
         _check_collisions(schema, name)
-        steps[code] = validate_block(data.get(name) or {}, schema, name, base, file)
+        steps[code] = block_check(code, validate_block(data.get(name) or {}, schema, name, base, file), file)
     return RunParams(file=file, run=run, steps=steps, raw=data)
 
 
@@ -398,7 +414,7 @@ def for_notebook(ns: dict, step: str) -> NotebookParams:
     if isinstance(ns.get(name), dict):
         step_block.update(ns[name])
     run = validate_block(run_block, RUN_PARAMS, "run", base, None)
-    block = validate_block(step_block, schema, name, base, None)
+    block = block_check(code, validate_block(step_block, schema, name, base, None), None)
     if not run["run_id"]:
         run["run_id"] = new_run_id(run["name"])
     return NotebookParams({**run, **block})
@@ -425,8 +441,9 @@ def parameters_cell(code: str, defaults: dict | None = None) -> str:
     for block in (RUN_PARAMS, schema):
         for key, spec in block.items():
             value = defaults.get(key, spec.default)
-            ann = _ANN[spec.kind] + (" | None" if spec.nullable else "")
-            lines.append(f"{key}: {ann} = {_literal(value)}  # {spec.doc}")
+            # papermill's parser wants a plain annotation and no "=" in the comment
+            doc = spec.doc.replace("=", ":")
+            lines.append(f"{key}: {_ANN[spec.kind]} = {_literal(value)}  # {doc}")
         if block is RUN_PARAMS:
             lines.append(f"# Paramètres de l'étape (bloc {step_name(code)}:)")
     return "\n".join(lines)
