@@ -65,8 +65,8 @@ PARAMS: dict[str, Param] = {
     "keep_fields": Param("list", ["first_name", "last_name", "email", "phone", "address", "postal_code", "city", "birth_date"],
                          "champs clients conservés (minimisation) ; les autres sont écartés", check=_check_fields),
     "default_region": Param("str", "FR", "pays par défaut des numéros de téléphone (code ISO à 2 lettres)"),
-    "match_threshold": Param("float", 0.80, "score à partir duquel deux fiches sont la même personne", min=0.0, max=1.0),
-    "review_band": Param("list", [0.60, 0.80], "scores [bas, haut] des paires incertaines exportées pour revue", check=_check_band),
+    "match_threshold": Param("float", 0.90, "score à partir duquel deux fiches sont la même personne", min=0.0, max=1.0),
+    "review_band": Param("list", [0.50, 0.90], "scores [bas, haut] des paires incertaines exportées pour revue", check=_check_band),
     "decisions_file": Param("path", None, "décisions de revue (CSV : même / différent par paire), appliquées à chaque exécution", nullable=True, must_exist=True),
     "max_unparsable_share": Param("float", 0.05, "part maximale de valeurs illisibles tolérée par colonne", min=0.0, max=1.0),
 }
@@ -410,7 +410,7 @@ def view_findings(view) -> list[str]:
 
 RULE_LABELS = {
     "email": "même e-mail", "phone_name": "même téléphone et nom compatible", "name_birth": "même nom et date de naissance",
-    "fuzzy": "ressemblance (score)", "decision": "décision de revue « même »", "single": "fiche seule", "self": "fiche seule",
+    "fuzzy": "ressemblance (score)", "decision": "décision de revue « même »", "unique": "fiche seule (aucun doublon)",
 }
 
 
