@@ -429,15 +429,24 @@ def _make_persons(rng: np.random.Generator, rnd: random.Random, n: int, prefix: 
     return _uniquify_emails(df, rnd)
 
 
+def _mailbox(e: str) -> str:
+    """The mailbox an address reaches: Gmail ignores dots in the local part."""
+    local, _, dom = e.partition("@")
+    if dom in ("gmail.com", "googlemail.com"):
+        local = local.replace(".", "")
+    return f"{local}@{dom}"
+
+
 def _uniquify_emails(df: pd.DataFrame, rnd: random.Random) -> pd.DataFrame:
+    """Give every person a distinct mailbox (two people never share one, dots included)."""
     out = df.copy()
     seen: set[str] = set()
     emails = out["email"].tolist()
     for i, e in enumerate(emails):
-        while e in seen:
+        while _mailbox(e) in seen:
             local, _, dom = e.partition("@")
             e = f"{local}{rnd.randrange(1, 999)}@{dom}"
-        seen.add(e)
+        seen.add(_mailbox(e))
         emails[i] = e
     out["email"] = emails
     return out

@@ -22,7 +22,8 @@ class InputError(CrmlabError):
     column : str, optional
         Column concerned.
     row : int, optional
-        1-based data row (line of the file, header excluded) concerned.
+        Line of the file concerned (text files: the header is line 1; Excel: sheet row;
+        Parquet: 1-based record index).
     hint : str, optional
         French sentence saying what to do.
 

@@ -157,6 +157,11 @@ CELLS = [
         valeur vide ne remplace jamais une valeur renseignée.
         """
     ),
+    code(
+        """
+        show.callout(view.rules)
+        """
+    ),
     md(
         """
         ## 4. Mesurer : complétude de la base (« Organiser »)
