@@ -168,7 +168,7 @@ def load_sources(con: duckdb.DuckDBPyConnection, p: dict) -> LoadSummary:
 
 def settle_as_of(con: duckdb.DuckDBPyConnection, p: dict) -> str | None:
     """Fill ``p["as_of"]`` when empty (day after the last purchase); refuse a date before all data."""
-    first, last = con.execute("SELECT min(ts), max(ts) FROM transactions").fetchone()
+    first, last = con.execute("SELECT min(ts), max(ts) FROM transactions").fetchall()[0]
     if p.get("as_of") is None:
         if last is not None:
             p["as_of"] = (pd.Timestamp(last).normalize() + pd.Timedelta(days=1)).date().isoformat()
@@ -305,7 +305,7 @@ def apply_minimisation(con: duckdb.DuckDBPyConnection, p: dict) -> int:
         return 0
     count = con.execute(
         "SELECT " + " + ".join(f"count({f})" for f in dropped) + " FROM source_customers"
-    ).fetchone()[0]
+    ).fetchall()[0][0]
     con.execute("UPDATE source_customers SET " + ", ".join(f"{f} = NULL" for f in dropped))
     return int(count)
 
@@ -499,10 +499,10 @@ def completeness(con: duckdb.DuckDBPyConnection, p: dict) -> pd.DataFrame:
         field, label, filled (customers), customers, share (0–1), sorted by share.
     """
     fields = [f for f in p["keep_fields"] if f in CUSTOMER_FIELDS]
-    total = con.execute("SELECT count(*) FROM customers").fetchone()[0]
+    total = con.execute("SELECT count(*) FROM customers").fetchall()[0][0]
     if not fields:
         return pd.DataFrame(columns=["field", "label", "filled", "customers", "share"])
-    row = con.execute("SELECT " + ", ".join(f"count({f})" for f in fields) + " FROM customers").fetchone()
+    row = con.execute("SELECT " + ", ".join(f"count({f})" for f in fields) + " FROM customers").fetchall()[0]
     frame = pd.DataFrame({"field": fields, "label": [FIELD_LABELS[f] for f in fields], "filled": list(row)})
     frame["customers"] = total
     frame["share"] = frame.filled / total if total else 0.0
@@ -562,7 +562,7 @@ def kpis(con: duckdb.DuckDBPyConnection, p: dict, loads: LoadSummary, view, comp
     rows = []
     c = view.counts
     records, customers = c["records"], c["customers"]
-    n_tx = con.execute("SELECT count(*) FROM transactions").fetchone()[0]
+    n_tx = con.execute("SELECT count(*) FROM transactions").fetchall()[0][0]
     rows += [
         ("clients uniques", "", customers, "clients"),
         ("taux de doublons", "", (1 - customers / records) if records else 0.0, "part"),

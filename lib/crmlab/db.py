@@ -67,7 +67,7 @@ CREATE TABLE IF NOT EXISTS consents (
 CREATE TABLE IF NOT EXISTS campaigns (
     campaign_id VARCHAR, name VARCHAR, channel VARCHAR, target VARCHAR, segment VARCHAR,
     offer VARCHAR, start_date DATE, end_date DATE, cost_per_contact DOUBLE,
-    status VARCHAR, source VARCHAR, run_id VARCHAR, created_at TIMESTAMP
+    status VARCHAR, source VARCHAR, run_id VARCHAR, created_at TIMESTAMP, parent_id VARCHAR
 );
 CREATE TABLE IF NOT EXISTS campaign_contacts (
     campaign_id VARCHAR, customer_id VARCHAR, grp VARCHAR, contacted_at TIMESTAMP,
@@ -84,8 +84,9 @@ CREATE TABLE IF NOT EXISTS interactions (
 );
 CREATE TABLE IF NOT EXISTS contact_history (
     customer_id VARCHAR, field VARCHAR, old_value VARCHAR, new_value VARCHAR,
-    channel VARCHAR, source VARCHAR, changed_at TIMESTAMP, run_id VARCHAR
+    channel VARCHAR, source VARCHAR, changed_at TIMESTAMP, run_id VARCHAR, seq BIGINT, item VARCHAR
 );
+CREATE TABLE IF NOT EXISTS feed_items (item VARCHAR, kind VARCHAR, source VARCHAR, customer_id VARCHAR, outcome VARCHAR, reason VARCHAR, run_id VARCHAR, applied_at TIMESTAMP);
 CREATE TABLE IF NOT EXISTS segments (
     as_of DATE, customer_id VARCHAR,
     recency_days DOUBLE, frequency DOUBLE, monetary DOUBLE,
@@ -240,7 +241,7 @@ def check(con: duckdb.DuckDBPyConnection, sql: str, message: str) -> None:
     message : str
         French description of the rule.
     """
-    bad = con.execute(f"SELECT COUNT(*) FROM ({sql})").fetchone()[0]
+    bad = con.execute(f"SELECT COUNT(*) FROM ({sql})").fetchall()[0][0]
     if bad:
         example = con.execute(f"SELECT * FROM ({sql}) LIMIT 3").df()
         raise CheckError(f"Contrôle échoué : {message} ({bad} ligne(s), ex. {example.to_dict('records')})")
