@@ -401,7 +401,8 @@ def for_notebook(ns: dict, step: str) -> NotebookParams:
     -------
     NotebookParams
         Every ``run`` and step parameter; ``run_id`` generated when empty. Relative
-        paths are resolved against the current folder (the notebook's).
+        paths of individual parameters are resolved against the current folder (the
+        notebook's); those of injected blocks against the project's ``params/`` folder.
     """
     code = step_code(step)
     name = step_name(code)
@@ -409,15 +410,36 @@ def for_notebook(ns: dict, step: str) -> NotebookParams:
     base = Path.cwd()
     run_block = {k: ns[k] for k in RUN_PARAMS if k in ns}
     step_block = {k: ns[k] for k in schema if k in ns}
+    run_base = step_base = base
+    # `papermill -f params/x.yaml` injects whole blocks (run = {...}, segmenter = {...}); their
+    # relative paths are relative to the params file, which papermill does not tell: params
+    # files live in the project's params/ folder.
+    params_dir = project_root() / "params"
     if isinstance(ns.get("run"), dict):
-        run_block.update(ns["run"])
+        run_block = {**_resolved(run_block, RUN_PARAMS, base), **ns["run"]}
+        run_base = params_dir
     if isinstance(ns.get(name), dict):
-        step_block.update(ns[name])
-    run = validate_block(run_block, RUN_PARAMS, "run", base, None)
-    block = block_check(code, validate_block(step_block, schema, name, base, None), None)
+        step_block = {**_resolved(step_block, schema, base), **ns[name]}
+        step_base = params_dir
+    run = validate_block(run_block, RUN_PARAMS, "run", run_base, None)
+    block = block_check(code, validate_block(step_block, schema, name, step_base, None), None)
     if not run["run_id"]:
         run["run_id"] = new_run_id(run["name"])
     return NotebookParams({**run, **block})
+
+
+def _resolved(block: dict, schema: dict[str, Param], base: Path) -> dict:
+    """Make the relative paths of a block's values absolute against ``base`` (before merging)."""
+    out = dict(block)
+    for key, value in block.items():
+        spec = schema.get(key)
+        if spec is None or value is None:
+            continue
+        if spec.kind == "path" and isinstance(value, str) and value:
+            out[key] = resolve_path(value, base)
+        elif spec.paths_in is not None:
+            out[key] = spec.paths_in(value, base)
+    return out
 
 
 def new_run_id(name: str) -> str:

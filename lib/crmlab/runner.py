@@ -1,0 +1,553 @@
+"""The chain runner: execute the step notebooks in order with papermill, write the run folder.
+
+A run folder holds, for the steps of this run:
+
+- ``NN_<name>.ipynb``: the executed notebooks (sources are never modified);
+- ``html/NN_<name>.html``: the reports (code hidden, images embedded, no script);
+- ``index.html``: status, duration and headline KPIs of each step, links, and – when a
+  step failed – which one and why, in French;
+- ``run.json``: validated params, package versions, run id, timings, status, exit code.
+
+The first failing step stops the chain; the next steps are marked ``not_run``. Exit
+codes: 0 success, 2 bad input (``InputError`` / ``ParamsError`` in a step), 1 otherwise.
+
+:func:`run_chain` takes the steps explicitly (tests use tiny notebooks); :func:`run`
+loads a params file and runs the available steps of :data:`crmlab.params.STEPS`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import importlib
+import json
+import logging
+import os
+import platform
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from crmlab import __version__, errors, params, report
+from crmlab.charts import fr_number
+from crmlab.errors import CrmlabError, ParamsError
+
+Echo = Callable[..., None]
+
+#: Packages whose versions are written in run.json.
+VERSIONED = ("crmlab", "duckdb", "pandas", "numpy", "scipy", "lifetimes", "papermill", "nbclient",
+             "nbconvert", "nbformat", "ipykernel", "matplotlib", "seaborn", "scikit-learn", "pyarrow")
+
+#: Number of headline KPIs shown per step in index.html.
+N_HEADLINE = 3
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the chain.
+
+    Attributes
+    ----------
+    code : str
+        Two-digit code (``"02"``).
+    name : str
+        Block name in the params file (``"segmenter"``).
+    title : str
+        French title (``"Segmenter et cibler"``).
+    notebook : Path
+        Source notebook (absolute path); it is executed with its folder as working folder.
+    module : str, optional
+        Step module (``crmlab.segmenter``), read for ``HEADLINE_KPIS`` and ``KPI_LABELS``.
+    """
+
+    code: str
+    name: str
+    title: str
+    notebook: Path
+    module: str | None = None
+
+    @property
+    def stem(self) -> str:
+        """File stem of the step's outputs: ``02_segmenter``."""
+        return f"{self.code}_{self.name}"
+
+
+@dataclass
+class StepResult:
+    """What happened to one step in a run.
+
+    ``status`` is ``ok``, ``failed``, ``not_run`` (after a failure) or ``skipped`` (not
+    requested with ``--steps``). ``timings`` (seconds): ``kernel_start`` (papermill
+    start-up until the kernel is ready), ``execute`` (cells), ``html`` (report), ``total``.
+    ``error_kind``: ``input`` (exit 2), ``check`` or ``other``.
+    """
+
+    code: str
+    name: str
+    title: str
+    status: str = "not_run"
+    seconds: float | None = None
+    timings: dict = field(default_factory=dict)
+    error: str | None = None
+    error_type: str | None = None
+    error_kind: str | None = None
+    notebook: str | None = None
+    html: str | None = None
+    kpis: list = field(default_factory=list)
+
+
+@dataclass
+class RunResult:
+    """Outcome of a run: status, exit code, step results and the run folder's files."""
+
+    name: str
+    run_id: str
+    out_dir: Path
+    status: str
+    exit_code: int
+    steps: list[StepResult]
+    seconds: float
+    index: Path
+    run_json: Path
+
+    @property
+    def failed(self) -> StepResult | None:
+        """The failed step, if any."""
+        return next((s for s in self.steps if s.status == "failed"), None)
+
+
+def chain_steps(root: Path | None = None) -> list[Step]:
+    """Return the available steps of the chain (module and notebook exist), in order."""
+    root = root or params.project_root()
+    available = set(params.available_steps(root))
+    return [
+        Step(code, name, params.STEP_TITLES[code], (root / nb).resolve(), module)
+        for code, name, module, nb in params.STEPS
+        if code in available
+    ]
+
+
+def select_steps(spec: str | None, steps: Sequence[Step]) -> list[Step]:
+    """Return the steps chosen by a ``--steps`` value, in chain order.
+
+    Parameters
+    ----------
+    spec : str or None
+        Comma-separated codes, numbers, names or inclusive ranges: ``"01,03-06"``,
+        ``"2"``, ``"segmenter"``, ``"constituer-segmenter"``. ``None`` or empty: all.
+    steps : sequence of Step
+        Available steps.
+
+    Raises
+    ------
+    ParamsError
+        Unknown step, step not available yet, malformed range.
+    """
+    if spec is None or not str(spec).strip():
+        return list(steps)
+    order = [c for c, *_ in params.STEPS]
+    have = {s.code: s for s in steps}
+    chosen: set[str] = set()
+    for token in str(spec).split(","):
+        token = token.strip()
+        if not token:
+            continue
+        if "-" in token:
+            left, _, right = token.partition("-")
+            lo, hi = order.index(_code(left, token)), order.index(_code(right, token))
+            if lo > hi:
+                raise ParamsError(f"Intervalle d'étapes « {token} » à l'envers", hint="Écrivez par exemple --steps 03-06")
+            span = [c for c in order[lo : hi + 1] if c in have]
+            if not span:
+                raise ParamsError(f"Aucune étape disponible dans l'intervalle « {token} »", hint=_available_hint(steps))
+            chosen.update(span)
+        else:
+            code = _code(token, token)
+            if code not in have:
+                raise ParamsError(
+                    f"L'étape {code} ({params.STEP_TITLES.get(code, '?')}) n'est pas disponible dans cette version",
+                    hint=_available_hint(steps),
+                )
+            chosen.add(code)
+    return [s for s in steps if s.code in chosen]
+
+
+def _code(text: str, token: str) -> str:
+    text = text.strip()
+    try:
+        return params.step_code(text.zfill(2) if text.isdigit() else text)
+    except ParamsError:
+        raise ParamsError(f"Étape inconnue « {text} » dans --steps « {token} »",
+                          hint="Donnez des codes (01,03-06), des numéros (2) ou des noms (segmenter)") from None
+
+
+def _available_hint(steps: Sequence[Step]) -> str:
+    return "Étapes disponibles : " + (", ".join(f"{s.code} {s.name}" for s in steps) or "aucune")
+
+
+# --------------------------------------------------------------------------- running
+
+
+def run(
+    params_file: str | Path,
+    *,
+    steps: str | None = None,
+    out: str | Path | None = None,
+    overrides: Sequence[str] | None = None,
+    kernel_name: str = "crmlab",
+    echo: Echo = print,
+    root: Path | None = None,
+) -> RunResult:
+    """Validate a params file, then run the available steps of the chain.
+
+    Parameters
+    ----------
+    params_file : path
+        Params YAML (``params/demo.yaml``).
+    steps : str, optional
+        ``--steps`` selection (see :func:`select_steps`).
+    out : path, optional
+        Run folder; default ``run.out_dir`` if set, else ``runs/<run.name>/`` under the
+        current folder. Steps receive it as ``run.out_dir``.
+    overrides : list of str
+        ``block.key=value`` overrides (``-p``).
+    kernel_name : str
+        Jupyter kernel executing the notebooks.
+    echo : callable
+        ``print``-like function receiving the French progress lines.
+    root : Path, optional
+        Project root holding ``notebooks/`` (default: :func:`crmlab.params.project_root`).
+
+    Raises
+    ------
+    ParamsError
+        Invalid params or ``--steps``: nothing has run (exit code 2).
+    """
+    run_params = params.load(params_file, list(overrides or []))
+    chain = chain_steps(root)
+    if not chain:
+        raise CrmlabError("Aucune étape disponible : les notebooks ou modules des étapes sont absents")
+    selected = select_steps(steps, chain)
+    out_dir = Path(out) if out else Path(run_params.run.get("out_dir") or Path("runs") / run_params.run["name"])
+    missing = [f"{c} {params.STEP_TITLES[c]}" for c, *_ in params.STEPS if c not in {s.code for s in chain}]
+    return run_chain(run_params, chain, out_dir, selected=selected, kernel_name=kernel_name, echo=echo,
+                     missing=missing)
+
+
+def run_chain(
+    run_params: params.RunParams,
+    steps: Sequence[Step],
+    out_dir: str | Path,
+    *,
+    selected: Sequence[Step] | None = None,
+    kernel_name: str = "crmlab",
+    echo: Echo = print,
+    missing: Sequence[str] = (),
+    run_id: str | None = None,
+) -> RunResult:
+    """Run ``selected`` steps (default: all ``steps``) in order and write the run folder.
+
+    Parameters
+    ----------
+    run_params : RunParams
+        Validated parameters; each step receives ``run_params.for_step(code)`` with the
+        run's ``run_id``.
+    steps : sequence of Step
+        The chain, in order (steps not selected are listed as ``skipped``).
+    out_dir : path
+        Run folder (created).
+    selected : sequence of Step, optional
+        Steps to execute.
+    missing : sequence of str
+        Steps not built yet, named in index.html.
+    run_id : str, optional
+        Identifier passed to every step; default ``run.run_id`` or a new one.
+
+    Returns
+    -------
+    RunResult
+        Status, exit code (0, 1 or 2) and step results; ``index.html`` and ``run.json``
+        are written even when a step fails.
+    """
+    started_at = dt.datetime.now()
+    t_run = time.perf_counter()
+    out_dir = Path(out_dir).resolve()
+    (out_dir / "html").mkdir(parents=True, exist_ok=True)
+    selected_codes = [s.code for s in (selected if selected is not None else steps)]
+    run_block = dict(run_params.run)
+    run_id = run_id or run_block.get("run_id") or params.new_run_id(run_block.get("name", "run"))
+    run_block["run_id"] = run_id
+    if "out_dir" in params.RUN_PARAMS:  # steps write their exports into the run folder
+        run_block["out_dir"] = str(out_dir)
+    rp = params.RunParams(file=run_params.file, run=run_block, steps=run_params.steps, raw=run_params.raw)
+
+    results = {s.code: StepResult(s.code, s.name, s.title, status="not_run" if s.code in selected_codes else "skipped")
+               for s in steps}
+    todo = [s for s in steps if s.code in selected_codes]
+    for s in todo:  # no stale output of a previous run for the steps of this one
+        for old in (out_dir / f"{s.stem}.ipynb", out_dir / "html" / f"{s.stem}.html"):
+            old.unlink(missing_ok=True)
+    exit_code = 0
+    for step in todo:
+        echo(f"[{step.code}/{steps[-1].code}] {step.title} … ", end="", flush=True)
+        res = results[step.code]
+        _run_step(step, rp, out_dir, res, kernel_name)
+        echo(f"{'✓' if res.status == 'ok' else '✗'} {fr_number(res.seconds, 1)} s")
+        if res.status != "ok":
+            exit_code = 2 if res.error_kind == "input" else 1
+            echo(f"Erreur à l'étape {step.code} ({step.title}) : {res.error}", file=sys.stderr)
+            break
+    status = "ok" if exit_code == 0 else "failed"
+    produced = [s for s in steps if results[s.code].html]
+    for s in produced:  # navigation links only to pages that exist
+        page = out_dir / results[s.code].html
+        page.write_text(report.replace_nav(page.read_text(encoding="utf-8"), _nav(s, produced)), encoding="utf-8")
+    _attach_kpis(rp, steps, results)
+    seconds = time.perf_counter() - t_run
+    info = {
+        "name": rp.run.get("name", ""),
+        "run_id": run_id,
+        "as_of": rp.run.get("as_of") or _kpi_as_of(rp),
+        "started_at": started_at,
+        "seconds": seconds,
+        "params_file": str(Path(rp.file).resolve()) if rp.file else None,
+        "status": status,
+        "exit_code": exit_code,
+        "missing": list(missing),
+        "version": __version__,
+        "error": None,
+        "steps": [],
+    }
+    failed = next((r for r in results.values() if r.status == "failed"), None)
+    if failed:
+        info["error"] = {"code": failed.code, "title": failed.title, "kind": failed.error_kind, "message": failed.error}
+    info["steps"] = [asdict(results[s.code]) for s in steps]
+    index = out_dir / "index.html"
+    index.write_text(report.index_html(info), encoding="utf-8")
+    run_json = out_dir / "run.json"
+    run_json.write_text(json.dumps(_run_record(rp, info, out_dir), ensure_ascii=False, indent=2, default=str),
+                        encoding="utf-8")
+    return RunResult(info["name"], run_id, out_dir, status, exit_code, [results[s.code] for s in steps],
+                     seconds, index, run_json)
+
+
+def _run_step(step: Step, rp: params.RunParams, out_dir: Path, res: StepResult, kernel_name: str) -> None:
+    """Execute one notebook and render its report; fill ``res`` (never raises)."""
+    import papermill as pm
+
+    out_nb = out_dir / f"{step.stem}.ipynb"
+    page = out_dir / "html" / f"{step.stem}.html"
+    marks: dict[str, float] = {}
+    t0 = time.perf_counter()
+    try:
+        try:
+            with _kernel_env():
+                pm.execute_notebook(
+                    str(step.notebook),
+                    str(out_nb),
+                    parameters=rp.for_step(step.code),
+                    cwd=str(step.notebook.parent),
+                    kernel_name=kernel_name,
+                    progress_bar=False,
+                    log_output=False,
+                    request_save_on_cell_execute=False,
+                    on_notebook_start=lambda **_: marks.setdefault("kernel_ready", time.perf_counter()),
+                    extra_arguments=["--IPKernelApp.log_level=ERROR"],  # no kernel start-up chatter
+                )
+            res.status = "ok"
+        except pm.PapermillExecutionError as exc:
+            res.status = "failed"
+            res.error_type = exc.ename
+            res.error_kind, res.error = _classify(exc.ename, exc.evalue, exc.traceback, step)
+        except KeyboardInterrupt:
+            res.status, res.error_type, res.error_kind = "failed", "KeyboardInterrupt", "other"
+            res.error = "exécution interrompue par l'utilisateur (Ctrl-C)"
+        except Exception as exc:  # kernel died, kernel missing, unreadable notebook …
+            res.status, res.error_type, res.error_kind = "failed", type(exc).__name__, "other"
+            res.error = f"{type(exc).__name__} : {_one_line(str(exc))}"
+            if type(exc).__name__ == "NoSuchKernel":
+                res.error = (f"noyau Jupyter « {kernel_name} » introuvable ; installez-le avec "
+                             f"« python -m ipykernel install --sys-prefix --name {kernel_name} » (make run le fait)")
+        t_exec = time.perf_counter()
+        if out_nb.exists():
+            res.notebook = out_nb.name
+            ready = marks.get("kernel_ready", t0)
+            res.timings["kernel_start"] = round(ready - t0, 3)
+            res.timings["execute"] = round(t_exec - ready, 3)
+            t_html = time.perf_counter()
+            title = f"Étape {step.code} – {step.title}"
+            header = report.header_html(title, rp.run.get("name", ""), rp.run.get("as_of"),
+                                        [report.Link("← Sommaire de l'exécution", "../index.html")],
+                                        failed=res.error if res.status == "failed" else None)
+            report.write_step_report(out_nb, page, header, f"{title} · {rp.run.get('name', '')}")
+            res.html = f"html/{page.name}"
+            res.timings["html"] = round(time.perf_counter() - t_html, 3)
+    except Exception as exc:  # the report itself could not be written
+        res.status, res.error_type, res.error_kind = "failed", type(exc).__name__, "other"
+        res.error = f"rapport HTML non produit : {type(exc).__name__} : {_one_line(str(exc))}"
+    res.seconds = time.perf_counter() - t0
+    res.timings["total"] = round(res.seconds, 3)
+
+
+@contextlib.contextmanager
+def _kernel_env():
+    """Kernels show figures inline (``make test`` exports ``MPLBACKEND=agg``); papermill is quiet.
+
+    Papermill warns about parameters its regex does not recognise in the ``parameters``
+    cell (``as_of: str | None``); they are validated by :mod:`crmlab.params` already.
+    """
+    saved = os.environ.get("MPLBACKEND")
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+    log = logging.getLogger("papermill")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+        if saved is None:
+            os.environ.pop("MPLBACKEND", None)
+        else:
+            os.environ["MPLBACKEND"] = saved
+
+
+def _classify(ename: str, evalue: str, traceback: Sequence[str], step: Step) -> tuple[str, str]:
+    """Kind (``input``, ``check``, ``other``) and French message of a notebook exception."""
+    cls = getattr(errors, ename, None)
+    if cls is None and step.module:
+        try:
+            cls = getattr(importlib.import_module(step.module), ename, None)
+        except Exception:  # noqa: BLE001 - a broken module must not hide the step's error
+            cls = None
+    if isinstance(cls, type) and issubclass(cls, CrmlabError):
+        kind = "input" if issubclass(cls, errors.InputError) else ("check" if issubclass(cls, errors.CheckError) else "other")
+        return kind, _one_line(evalue)
+    lines = [ln for ln in _strip_ansi("\n".join(traceback or [])).splitlines() if ln.strip()]
+    return "other", _one_line(lines[-1] if lines else f"{ename}: {evalue}")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _strip_ansi(text: str) -> str:
+    return _ANSI.sub("", text)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(_strip_ansi(text).split())
+
+
+def _nav(step: Step, produced: Sequence[Step]) -> list[report.Link]:
+    links = [report.Link("← Sommaire de l'exécution", "../index.html")]
+    i = [s.code for s in produced].index(step.code)
+    if i > 0:
+        p = produced[i - 1]
+        links.append(report.Link(f"‹ Étape {p.code} – {p.title}", f"{p.stem}.html"))
+    if i + 1 < len(produced):
+        n = produced[i + 1]
+        links.append(report.Link(f"Étape {n.code} – {n.title} ›", f"{n.stem}.html"))
+    return links
+
+
+# --------------------------------------------------------------------------- KPIs and records
+
+
+def _query_kpis(database: str, sql: str, args: list):
+    """Run a read-only query on the run's database; ``None`` if it cannot be read."""
+    import duckdb
+
+    if not database or not Path(database).exists():
+        return None
+    try:
+        con = duckdb.connect(database, read_only=True)
+    except duckdb.Error:
+        return None
+    try:
+        return con.execute(sql, args).fetchall()
+    except duckdb.Error:
+        return None
+    finally:
+        con.close()
+
+
+def _attach_kpis(rp: params.RunParams, steps: Sequence[Step], results: dict[str, StepResult]) -> None:
+    """Fill each successful step's headline KPIs from the ``kpis`` table of this run.
+
+    Headline KPIs are the step module's ``HEADLINE_KPIS`` (list of KPI names) when it
+    declares one, otherwise the first :data:`N_HEADLINE` KPIs the step wrote without a
+    dimension (``dimension = ''``). Labels come from the module's ``KPI_LABELS``.
+    """
+    rows = _query_kpis(
+        rp.run.get("database"),
+        "SELECT step, kpi, value, unit FROM kpis WHERE run_id = ? AND coalesce(dimension, '') = '' ORDER BY rowid",
+        [rp.run["run_id"]],
+    )
+    if not rows:
+        return
+    currency = rp.run.get("currency", "EUR")
+    for step in steps:
+        res = results[step.code]
+        if res.status != "ok":
+            continue
+        mine = [r for r in rows if r[0] in (step.code, step.name, step.code.lstrip("0"))]
+        module = _module(step.module)
+        wanted = list(getattr(module, "HEADLINE_KPIS", None) or [])
+        labels = getattr(module, "KPI_LABELS", None) or {}
+        if wanted:
+            by_name = {r[1]: r for r in mine}
+            mine = [by_name[k] for k in wanted if k in by_name]
+        res.kpis = [(report.kpi_label(r[1], labels), report.format_kpi(r[2], r[3], currency)) for r in mine[:N_HEADLINE if not wanted else len(wanted)]]
+
+
+def _kpi_as_of(rp: params.RunParams) -> str | None:
+    rows = _query_kpis(rp.run.get("database"), "SELECT max(as_of) FROM kpis WHERE run_id = ?", [rp.run["run_id"]])
+    return str(rows[0][0]) if rows and rows[0][0] is not None else None
+
+
+def _module(name: str | None):
+    if not name:
+        return None
+    try:
+        return importlib.import_module(name)
+    except Exception:  # noqa: BLE001 - headline KPIs are optional
+        return None
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python, the platform and the packages of :data:`VERSIONED`."""
+    from importlib import metadata
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in VERSIONED:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _run_record(rp: params.RunParams, info: dict, out_dir: Path) -> dict:
+    """Content of run.json."""
+    names = {c: n for c, n, *_ in params.STEPS}
+    return {
+        "name": info["name"],
+        "run_id": info["run_id"],
+        "status": info["status"],
+        "exit_code": info["exit_code"],
+        "started_at": info["started_at"].isoformat(timespec="seconds"),
+        "seconds": round(info["seconds"], 3),
+        "as_of": info["as_of"],
+        "params_file": info["params_file"],
+        "out_dir": str(out_dir),
+        "error": info["error"],
+        "params": {"run": rp.run, **{names.get(code, code): block for code, block in rp.steps.items()}},
+        "versions": versions(),
+        "steps": [
+            {k: v for k, v in s.items() if k != "kpis"} | {"kpis": [list(k) for k in s["kpis"]]}
+            for s in info["steps"]
+        ],
+    }
+
