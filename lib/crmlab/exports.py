@@ -1,0 +1,264 @@
+"""Target files for the tools that send a campaign: one file per target × channel.
+
+Rules every exported row obeys (checked again here, whatever the plan says):
+
+* never a **control-group** member (they must not be contacted, or the campaign cannot
+  be measured);
+* never a customer **without a current opt-in** for the channel (latest consent record per
+  customer × channel; ties: the opt-out wins; no record = no consent);
+* never a customer **without a valid address for the channel**: a valid e-mail for
+  ``email``, a mobile number for ``sms``, a phone number for ``telephone``, street +
+  postal code + city for ``courrier``;
+* only the **fields the channel needs** (data minimisation): no phone in an e-mail file,
+  no e-mail in a postal file.
+
+Files are CSV in UTF-8 with BOM and ``;`` separators, which French Excel opens directly,
+or xlsx. **Formula injection**: a spreadsheet runs a cell that begins with ``=``, ``+``,
+``-``, ``@`` (or a tab / carriage return) as a formula, so a hostile name such as
+``=HYPERLINK(...)`` would execute when the file is opened. In CSV such a cell is prefixed
+with an apostrophe ``'``: Excel and LibreOffice take it as a "text" marker and do not show
+it, so a phone number ``+33612345678`` still reads ``+33612345678`` in the sheet (a
+plain-text reader sees ``'+33612345678``: the sending tool must strip a leading ``'``,
+which most do). In xlsx every value is written as a typed text cell, which a spreadsheet
+never evaluates, so no prefix is needed and the value stays exact.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from crmlab import normalize
+
+CHANNELS = ("email", "sms", "courrier", "telephone")
+
+CHANNEL_LABELS = {"email": "e-mail", "sms": "SMS", "courrier": "courrier", "telephone": "téléphone"}
+
+#: Customer fields each channel needs (besides the campaign code and the customer id).
+CHANNEL_FIELDS: dict[str, list[str]] = {
+    "email": ["first_name", "last_name", "email"],
+    "sms": ["first_name", "phone"],
+    "courrier": ["first_name", "last_name", "address", "postal_code", "city"],
+    "telephone": ["first_name", "last_name", "phone"],
+}
+
+#: French column headers of the files.
+HEADERS = {
+    "campaign_id": "campagne", "offer": "offre", "customer_id": "id_client", "first_name": "prenom",
+    "last_name": "nom", "email": "email", "phone": "telephone", "address": "adresse",
+    "postal_code": "code_postal", "city": "ville",
+}
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise(value: object) -> object:
+    """Prefix a text that a spreadsheet would run as a formula with ``'``; other values unchanged.
+
+    ``"=1+1"`` → ``"'=1+1"``, ``"+33612345678"`` → ``"'+33612345678"``, ``"Dupont"`` and
+    non-text values are returned as they are.
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
+def neutralise_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """Return a copy of ``frame`` with :func:`neutralise` applied to every text cell (headers too)."""
+    out = frame.copy()
+    for col in out.columns:
+        if out[col].dtype == object or pd.api.types.is_string_dtype(out[col]):
+            out[col] = out[col].map(neutralise).astype(object)
+    out.columns = [neutralise(c) for c in out.columns]
+    return out
+
+
+def _map_unique(values: pd.Series, func) -> pd.Series:
+    """Apply ``func`` once per distinct value (not once per row)."""
+    uniq = pd.Series(values.dropna().unique())
+    mapping = dict(zip(uniq.tolist(), [func(v) for v in uniq.tolist()], strict=True))
+    return values.map(mapping)
+
+
+def reachable(customers: pd.DataFrame, channel: str, region: str = "FR") -> pd.Series:
+    """Whether each customer can be reached on ``channel`` (bool Series, same index).
+
+    Parameters
+    ----------
+    customers : DataFrame
+        ``email`` (for e-mail), ``phone`` (SMS, telephone), ``address, postal_code, city``
+        (courrier).
+    channel : str
+        One of :data:`CHANNELS`; any other channel is unreachable (all False).
+    region : str
+        Default region of phone numbers written without an international prefix.
+    """
+    def filled(col: str) -> pd.Series:
+        if col not in customers:
+            return pd.Series(False, index=customers.index)
+        return customers[col].astype(object).map(lambda v: isinstance(v, str) and v.strip() != "")
+
+    if channel == "email":
+        ok = _map_unique(customers.get("email", pd.Series(index=customers.index, dtype=object)).astype(object),
+                         lambda v: normalize.email(v, provider_rules=False) is not None)
+    elif channel == "sms":
+        ok = _map_unique(customers.get("phone", pd.Series(index=customers.index, dtype=object)).astype(object),
+                         lambda v: normalize.phone_is_mobile(v, region) is True)
+    elif channel == "telephone":
+        ok = _map_unique(customers.get("phone", pd.Series(index=customers.index, dtype=object)).astype(object),
+                         lambda v: normalize.phone(v, region) is not None)
+    elif channel == "courrier":
+        ok = filled("address") & filled("postal_code") & filled("city")
+    else:
+        ok = pd.Series(False, index=customers.index)
+    return ok.astype(object).where(ok.notna(), False).astype(bool)
+
+
+def current_consents(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """Return the current consent of each customer per channel, from the ``consents`` table.
+
+    The latest record (``updated_at``, undated records oldest) of each customer × channel
+    wins; among records of the same date an opt-out wins.
+
+    Returns
+    -------
+    DataFrame
+        ``customer_id, channel, opted_in`` (bool).
+    """
+    return con.execute("""
+        SELECT customer_id, channel, opted_in FROM consents
+        WHERE customer_id IS NOT NULL AND channel IS NOT NULL AND opted_in IS NOT NULL
+        QUALIFY row_number() OVER (PARTITION BY customer_id, channel
+                                   ORDER BY updated_at DESC NULLS LAST, opted_in ASC) = 1
+        ORDER BY customer_id, channel
+    """).df()
+
+
+def consent_matrix(consents: pd.DataFrame, customer_ids: pd.Series, channels=CHANNELS) -> pd.DataFrame:
+    """Wide bool frame ``customer_id`` × channel: True only for a current opt-in."""
+    ids = pd.DataFrame({"customer_id": pd.Series(customer_ids).astype(str).drop_duplicates().to_numpy()})
+    c = consents[consents["channel"].isin(list(channels))]
+    wide = c.pivot_table(index="customer_id", columns="channel", values="opted_in", aggfunc="min")
+    out = ids.merge(wide.reset_index(), on="customer_id", how="left")
+    for ch in channels:
+        if ch not in out:
+            out[ch] = False
+        out[ch] = out[ch].astype(object).where(out[ch].notna(), False).astype(bool)
+    return out[["customer_id", *channels]]
+
+
+def export_rows(contacts: pd.DataFrame, customers: pd.DataFrame, consents: pd.DataFrame, channel: str,
+                region: str = "FR") -> pd.DataFrame:
+    """Rows of one target × channel file, after every exclusion rule (module docstring).
+
+    Parameters
+    ----------
+    contacts : DataFrame
+        ``campaign_id, customer_id, grp, channel`` (+ optional ``offer``): the planned
+        contacts of one campaign (other channels and the control group are dropped here).
+    customers : DataFrame
+        ``customer_id`` and the contact fields of :data:`CHANNEL_FIELDS`.
+    consents : DataFrame
+        ``customer_id, channel, opted_in`` (:func:`current_consents`).
+
+    Returns
+    -------
+    DataFrame
+        ``campaign_id, [offer], customer_id`` and the channel's fields, raw values (not
+        neutralised), one row per customer, sorted by ``customer_id``.
+    """
+    if channel not in CHANNEL_FIELDS:
+        raise ValueError(f"unknown channel {channel!r}")
+    rows = contacts[(contacts["grp"] == "treatment") & (contacts["channel"] == channel)]
+    rows = rows.drop_duplicates("customer_id")
+    ok = consents[(consents["channel"] == channel) & (consents["opted_in"] == True)]  # noqa: E712
+    rows = rows[rows["customer_id"].isin(ok["customer_id"])]
+    fields = CHANNEL_FIELDS[channel]
+    cust = customers[["customer_id", *[f for f in fields if f in customers]]].drop_duplicates("customer_id")
+    for f in fields:
+        if f not in cust:
+            cust = cust.assign(**{f: None})
+    keep = ["campaign_id", *(["offer"] if "offer" in rows else []), "customer_id"]
+    out = rows[keep].merge(cust, on="customer_id", how="inner")
+    out = out[reachable(out, channel, region).to_numpy()]
+    return out.sort_values("customer_id", kind="stable").reset_index(drop=True)[[*keep, *fields]]
+
+
+def file_name(campaign_id: str, channel: str, fmt: str = "csv") -> str:
+    """``<campaign_id>_<channel>.<fmt>``, or ``<campaign_id>.<fmt>`` when the id already ends with ``-<channel>``."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in str(campaign_id))
+    if safe.endswith(f"-{channel}"):
+        return f"{safe}.{fmt}"
+    return f"{safe}_{channel}.{fmt}"
+
+
+def write_file(rows: pd.DataFrame, path: str | os.PathLike, fmt: str = "csv") -> Path:
+    """Write export rows with French headers: CSV (UTF-8 BOM, ``;``, neutralised) or xlsx (text cells)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame = rows.rename(columns=HEADERS)
+    if fmt == "csv":
+        frame = neutralise_frame(frame.astype(object).where(frame.notna(), None))
+        frame.to_csv(path, sep=";", index=False, encoding="utf-8-sig", lineterminator="\r\n")
+    elif fmt == "xlsx":
+        from openpyxl import Workbook
+
+        wb = Workbook()
+        ws = wb.active
+        ws.title = "contacts"
+        ws.append([str(c) for c in frame.columns])
+        for rec in frame.itertuples(index=False):
+            ws.append([None if v is None or (isinstance(v, float) and v != v) else str(v) for v in rec])
+        for row in ws.iter_rows(min_row=1):
+            for cell in row:
+                if cell.value is not None:
+                    cell.data_type = "s"  # typed text: never evaluated as a formula
+        wb.save(path)
+    else:
+        raise ValueError(f"unknown export format {fmt!r}")
+    return path
+
+
+def write_exports(contacts: pd.DataFrame, customers: pd.DataFrame, consents: pd.DataFrame,
+                  out_dir: str | os.PathLike, fmt: str = "csv", region: str = "FR") -> pd.DataFrame:
+    """Write one file per campaign × channel of ``contacts`` into ``out_dir``.
+
+    Parameters
+    ----------
+    contacts : DataFrame
+        ``campaign_id, customer_id, grp, channel`` (+ ``offer``), all planned contacts.
+    customers, consents
+        See :func:`export_rows`.
+    out_dir : path
+        Folder of the files (created).
+    fmt : {"csv", "xlsx"}
+
+    Returns
+    -------
+    DataFrame
+        ``campaign_id, channel, file, rows, planned, excluded`` (treated contacts planned
+        on the channel and those left out by the consent / address rules), one row per
+        file written.
+    """
+    out = []
+    treated = contacts[contacts["grp"] == "treatment"]
+    for (cid, ch), part in treated.groupby(["campaign_id", "channel"], sort=True):
+        if ch not in CHANNEL_FIELDS:
+            continue
+        rows = export_rows(part, customers, consents, ch, region)
+        path = write_file(rows, Path(out_dir) / file_name(cid, ch, fmt), fmt)
+        planned = int(part["customer_id"].nunique())
+        out.append({"campaign_id": cid, "channel": ch, "file": path.name, "rows": len(rows), "planned": planned,
+                    "excluded": planned - len(rows)})
+    return pd.DataFrame(out, columns=["campaign_id", "channel", "file", "rows", "planned", "excluded"])
+
+
+def read_export(path: str | os.PathLike) -> pd.DataFrame:
+    """Read back an export file (CSV or xlsx) as text columns (for checks and tests)."""
+    path = Path(path)
+    if path.suffix == ".xlsx":
+        return pd.read_excel(path, dtype=str, keep_default_na=False)
+    return pd.read_csv(path, sep=";", dtype=str, encoding="utf-8-sig", keep_default_na=False)

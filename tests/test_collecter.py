@@ -1,0 +1,168 @@
+"""Tests of crmlab.collecter: matching, prospects, measures, bad inputs, minimisation."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from crmlab import collecter, db
+from crmlab.errors import InputError
+
+HEADER = "id,date,canal,email,prenom,nom,tel,note,type_note,message,carte\n"
+
+
+def _params(path: Path, **over) -> dict:
+    p = {k: v.default for k, v in collecter.PARAMS.items()}
+    cols = {"interaction_id": "id", "ts": "date", "channel": "canal", "email": "email", "first_name": "prenom",
+            "last_name": "nom", "phone": "tel", "score": "note", "score_type": "type_note", "text": "message",
+            "customer_key": "carte", "operation": "'Test'"}
+    p.update(sources=[{"name": "entrants", "kind": "interactions", "path": str(path), "columns": cols,
+                       "customer_source": "magasin"}],
+             run_id="t04", as_of="2025-06-01", database=str(path.parent / "db.duckdb"))
+    p.update(over)
+    return p
+
+
+def _base(tmp_path: Path):
+    con = db.connect(tmp_path / "db.duckdb")
+    con.execute("""INSERT INTO source_customers (source, source_key, first_name, last_name, email, phone) VALUES
+        ('web', 'W1', 'Marie', 'Dupont', 'marie.dupont@gmail.com', '0612345678'),
+        ('magasin', 'M1', 'Jean', 'Martin', NULL, '06 98 76 54 32'),
+        ('magasin', 'M2', 'Paul', 'Durand', NULL, NULL)""")
+    con.execute("""INSERT INTO customer_links VALUES ('web', 'W1', 'C1', 'single', NULL, NULL),
+                   ('magasin', 'M1', 'C2', 'single', NULL, NULL), ('magasin', 'M2', 'C3', 'single', NULL, NULL)""")
+    con.execute("""INSERT INTO customers (customer_id, first_name, last_name, email, phone, is_prospect) VALUES
+        ('C1', 'Marie', 'Dupont', 'marie.dupont@gmail.com', '+33612345678', FALSE),
+        ('C2', 'Jean', 'Martin', NULL, '+33698765432', FALSE), ('C3', 'Paul', 'Durand', NULL, NULL, FALSE)""")
+    return con
+
+
+GOOD = (
+    "I1,2025-05-01 10:00,web,Marie.Dupont@gmail.com,Marie,Dupont,,9,nps,Très bien,\n"   # known by e-mail
+    "I2,2025-05-02 11:00,telephone,,Jean,MARTIN,+33698765432,,,,\n"                     # known by phone + name
+    "I3,2025-05-03 12:00,magasin,,,,,,,,M2\n"                                          # known by card number
+    "I4,2025-05-04 13:00,web,zoe.inconnue@proton.me,Zoé,Inconnue,0611111111,3,nps,Nul,\n"  # unknown: prospect
+    "I5,2025-05-05 14:00,email,zoe.inconnue@proton.me,Zoé,Inconnue,,,,,\n"              # same prospect again
+    "I6,2025-05-06 15:00,telephone,,Anne,Nom,Masqué,,,,\n"                              # anonymous (name only)
+    "I7,2025-05-07 16:00,magasin,,Jean,Martin,06 00 00 00 01,4,csat,,\n"                # new phone brought by C2? no: unmatched
+)
+
+
+def test_collect_matches_creates_prospects_and_measures(tmp_path):
+    path = tmp_path / "entrants.csv"
+    path.write_text(HEADER + GOOD, encoding="utf-8")
+    con = _base(tmp_path)
+    p = _params(path)
+    con.execute("BEGIN")
+    files, rejected = collecter.collect(con, p)
+    got = con.execute("SELECT interaction_id, customer_id, channel, score_type, text FROM interactions ORDER BY 1").df()
+    ids = dict(zip(got["interaction_id"], got["customer_id"], strict=True))
+    assert ids["I1"] == "C1" and ids["I2"] == "C2" and ids["I3"] == "C3"
+    assert ids["I4"] == ids["I5"] and ids["I4"] not in ("C1", "C2", "C3")  # one prospect for two contacts
+    assert pd.isna(ids["I6"])  # a name alone is neither a match nor a prospect
+    prospects = con.execute("SELECT customer_id, is_prospect, email, phone FROM customers WHERE is_prospect").df()
+    assert set(prospects["customer_id"]) == {ids["I4"], ids["I7"]}
+    assert prospects.set_index("customer_id").loc[ids["I4"], "email"] == "zoe.inconnue@proton.me"
+    rec = con.execute("SELECT source, source_key FROM source_customers WHERE source = 'entrants' ORDER BY 2").df()
+    assert rec.values.tolist() == [["entrants", "I4"], ["entrants", "I7"]]
+    link = con.execute("SELECT rule FROM customer_links WHERE source = 'entrants'").df()
+    assert set(link["rule"]) == {"prospect"}
+    assert got["text"].isna().all()  # keep_text: false (minimisation)
+    m = collecter.collect_measures(con, rejected)
+    assert int(m["collected"].sum()) == 7
+    assert m.set_index("channel")["new_prospects"].to_dict() == {"email": 1, "magasin": 1, "telephone": 0, "web": 1}
+    assert int(m["matched"].sum()) == 3
+    tot = collecter.collect_totals(con)
+    assert (tot["collected"], tot["matched"], tot["new_prospects"]) == (7, 3, 2)
+    # C2 had no e-mail; C3 nothing: I2 brings nothing new (same phone) ; prospects' fields are items too
+    items = con.execute("SELECT interaction_id, field, change FROM _col_items ORDER BY 1, 2").df()
+    assert ["I2", "phone"] not in items[["interaction_id", "field"]].values.tolist()
+    assert ["I4", "email"] in items[["interaction_id", "field"]].values.tolist()
+    collecter.check_output(con, p)
+    # a second run on the same file changes nothing (ledger)
+    files2, _ = collecter.collect(con, p)
+    assert (files2["status"] == "déjà chargé").all()
+    assert con.execute("SELECT count(*) FROM interactions").fetchone()[0] == 7
+    con.execute("ROLLBACK")
+
+
+def test_keep_text_true_keeps_the_message(tmp_path):
+    path = tmp_path / "entrants.csv"
+    path.write_text(HEADER + GOOD, encoding="utf-8")
+    con = _base(tmp_path)
+    con.execute("BEGIN")
+    collecter.collect(con, _params(path, keep_text=True))
+    assert con.execute("SELECT text FROM interactions WHERE interaction_id = 'I1'").fetchone()[0] == "Très bien"
+    con.execute("ROLLBACK")
+
+
+def _snapshot(con) -> dict:
+    return {t: con.execute(f"SELECT * FROM {t} ORDER BY ALL").df() for t in db.TABLES if t != "runs"}
+
+
+@pytest.mark.parametrize(("bad_line", "message", "column", "row"), [
+    ("B1,2025-05-01 10:00,pigeon,a@b.fr,,,,,,,\n", "canal inconnu « pigeon »", "canal", 3),
+    ("B1,2025-05-01 10:00,web,a@b.fr,,,,11,nps,,\n", "note 11.0 hors de l'échelle nps", "note", 3),
+    ("B1,,web,a@b.fr,,,,,,,\n", "date manquante", "date", 3),
+    ("B1,2025-05-01 10:00,web,a@b.fr,,,,4,,,\n", "note sans type", "type_note", 3),
+], ids=["canal-inconnu", "nps-11", "date-manquante", "note-sans-type"])
+def test_bad_rows_raise_french_error_and_change_nothing(tmp_path, bad_line, message, column, row):
+    path = tmp_path / "entrants.csv"
+    path.write_text(HEADER + GOOD.splitlines(keepends=True)[0] + bad_line, encoding="utf-8")
+    con = _base(tmp_path)
+    before = _snapshot(con)
+    con.execute("BEGIN")
+    with pytest.raises(InputError, match=message) as err:
+        collecter.collect(con, _params(path))
+    con.execute("ROLLBACK")
+    assert err.value.file == str(path)
+    assert err.value.column == column
+    assert err.value.row == row
+    assert "fichier" in str(err.value) and "ligne 3" in str(err.value)
+    after = _snapshot(con)
+    for t, frame in before.items():
+        pd.testing.assert_frame_equal(after[t], frame, obj=t)
+
+
+def test_bad_rows_rejeter_counts_them(tmp_path):
+    path = tmp_path / "entrants.csv"
+    path.write_text(HEADER + GOOD + "B1,2025-05-01 10:00,web,a@b.fr,,,,11,nps,,\nB2,2025-05-01 10:00,pigeon,,,,,,,,\n",
+                    encoding="utf-8")
+    con = _base(tmp_path)
+    con.execute("BEGIN")
+    _, rejected = collecter.collect(con, _params(path, bad_rows="rejeter"))
+    assert con.execute("SELECT count(*) FROM interactions").fetchone()[0] == 7
+    assert int(rejected["rows"].sum()) == 2
+    assert set(rejected["reason"]) == {"note 11.0 hors de l'échelle nps", "canal inconnu « pigeon »"}
+    con.execute("ROLLBACK")
+
+
+def test_only_interaction_sources_are_accepted(tmp_path):
+    from crmlab.errors import ParamsError
+
+    path = tmp_path / "x.csv"
+    path.write_text("a,b\n1,2\n", encoding="utf-8")
+    with pytest.raises(ParamsError, match="ne lit que des sources de type interactions"):
+        collecter._check_sources([{"name": "x", "kind": "consents", "path": str(path),
+                                   "columns": {"customer_key": "a", "channel": "b", "opted_in": "b"}}], "collecter.sources")
+
+
+def test_nps_interval_known_value():
+    # 50 promoters, 20 detractors out of 100: NPS 0.30, var = (0.5 + 0.2 - 0.09) / 100
+    v, lo, hi = collecter.nps_interval(50, 20, 100)
+    half = 1.959964 * (0.61 / 100) ** 0.5
+    assert (v, lo, hi) == pytest.approx((0.30, 0.30 - half, 0.30 + half), abs=1e-5)
+
+
+def test_satisfaction_by_segment(tmp_path):
+    path = tmp_path / "entrants.csv"
+    path.write_text(HEADER + GOOD, encoding="utf-8")
+    con = _base(tmp_path)
+    con.execute("INSERT INTO segments (as_of, customer_id, rfm_segment) VALUES ('2025-05-31', 'C1', 'Champions')")
+    con.execute("BEGIN")
+    p = _params(path)
+    collecter.collect(con, p)
+    sat = collecter.satisfaction(con, p, "segment").set_index("group")
+    assert sat.loc["Champions", "nps_n"] == 1 and sat.loc["Champions", "nps"] == pytest.approx(1.0)
+    assert sat.loc["Prospects", "nps"] == pytest.approx(-1.0)
+    assert sat.loc["Ensemble", "nps_n"] == 2 and sat.loc["Ensemble", "csat_n"] == 1
+    con.execute("ROLLBACK")
