@@ -285,3 +285,21 @@ def fake_run_failed(fake_chain, tmp_path_factory, kernel_name) -> Path:
                        kernel_name=kernel_name, echo=lambda *a, **k: None)
     assert result.exit_code == 2
     return result.out_dir
+
+
+# --------------------------------------------------------------------------- the real chain
+
+@pytest.fixture(scope="session")
+def demo_run(tiny_demo, tmp_path_factory) -> Path:
+    """Run folder of the whole real chain (every available step) on the tiny demo.
+
+    Tests using it should carry ``@pytest.mark.xdist_group("demo_run")`` so that one
+    xdist worker runs the chain once for all of them.
+    """
+    from crmlab.runner import run
+
+    work = tmp_path_factory.mktemp("demo_run")
+    params_file = tiny_demo.params(work / "crm.duckdb")
+    result = run(params_file, out=work / "run", echo=lambda *a, **k: None)
+    assert result.exit_code == 0, [(s.code, s.error) for s in result.steps if s.error]
+    return result.out_dir

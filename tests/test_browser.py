@@ -18,7 +18,7 @@ import pytest
 pytestmark = pytest.mark.browser
 
 #: Session fixtures returning a run folder (index.html + html/).
-RUN_FOLDERS = ["fake_run_ok", "fake_run_failed"]
+RUN_FOLDERS = ["fake_run_ok", "fake_run_failed", "demo_run"]
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
@@ -68,7 +68,10 @@ def _check_page(context, url: str) -> tuple[list[str], list[str]]:
     return problems, links
 
 
-@pytest.mark.parametrize("run_fixture", RUN_FOLDERS)
+@pytest.mark.parametrize(
+    "run_fixture",
+    [pytest.param(name, marks=pytest.mark.xdist_group(name)) if name == "demo_run" else name for name in RUN_FOLDERS],
+)
 def test_reports_render_in_chromium(browser, request, run_fixture):
     run_dir: Path = request.getfixturevalue(run_fixture)
     pages = [run_dir / "index.html", *sorted((run_dir / "html").glob("*.html"))]

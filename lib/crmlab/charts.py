@@ -70,7 +70,12 @@ def axis_fr(ax, axis: str = "y", kind: str = "number", decimals: int = 0, curren
 
 
 def finish(fig, title: str, xlabel: str | None = None, ylabel: str | None = None, ax=None):
-    """Set the finding title and axis labels, tighten the layout, return the figure."""
+    """Set the finding title and axis labels, tighten the layout, return the figure.
+
+    The figure is closed for pyplot, so Jupyter shows it exactly once: where the
+    notebook displays it (``display(fig)`` or as a cell's last expression), never again
+    when the cell ends.
+    """
     ax = ax or fig.axes[0]
     ax.set_title(title)
     if xlabel is not None:
@@ -78,4 +83,5 @@ def finish(fig, title: str, xlabel: str | None = None, ylabel: str | None = None
     if ylabel is not None:
         ax.set_ylabel(ylabel)
     fig.tight_layout()
+    plt.close(fig)
     return fig

@@ -261,9 +261,14 @@ def uplift_findings(table: pd.DataFrame, best: pd.DataFrame, p: dict) -> list[st
                "groupes : elles sont signalées et ne servent pas telles quelles au plan.")
     for r in best.itertuples(index=False):
         word = "nettement" if r.confirmed else "sans certitude"
-        runner = f" devant {CHANNEL_LABELS.get(r.runner_up, r.runner_up)}" if r.runner_up else ""
-        out.append(f"**{r.segment}** : le canal {CHANNEL_LABELS.get(r.channel, r.channel)} fait le mieux{runner}, {word} "
-                   f"(uplift {_pp(r.uplift)}, IC 95 % [{_pp(r.uplift_low)} ; {_pp(r.uplift_high)}]).")
+        channel = CHANNEL_LABELS.get(r.channel, r.channel)
+        interval = f"(uplift {_pp(r.uplift)}, IC 95 % [{_pp(r.uplift_low)} ; {_pp(r.uplift_high)}])"
+        if isinstance(r.runner_up, str) and r.runner_up:
+            out.append(f"**{r.segment}** : le canal {channel} fait le mieux devant "
+                       f"{CHANNEL_LABELS.get(r.runner_up, r.runner_up)}, {word} {interval}.")
+        else:
+            out.append(f"**{r.segment}** : seul le canal {channel} a été mesuré sur assez de clients {interval} ; "
+                       "aucune comparaison entre canaux n'est possible.")
     return out
 
 

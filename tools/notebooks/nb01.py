@@ -139,7 +139,7 @@ CELLS = [
     code(
         """
         display(constituer.threshold_table(view))
-        fig = constituer.threshold_chart(view)
+        display(constituer.threshold_chart(view))
         show.callout(constituer.review_note(view))
         """
     ),
@@ -174,7 +174,7 @@ CELLS = [
     code(
         """
         completeness = constituer.completeness(con, p)
-        fig = constituer.completeness_chart(completeness)
+        display(constituer.completeness_chart(completeness))
         show.callout(constituer.completeness_sentence(completeness))
         """
     ),

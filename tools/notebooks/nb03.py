@@ -68,7 +68,7 @@ CELLS = [
     ),
     code(
         """
-        fig = interagir.uplift_chart(table)
+        display(interagir.uplift_chart(table))
         show.bullets(interagir.uplift_findings(table, best, p))
         """
     ),

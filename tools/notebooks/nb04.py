@@ -140,7 +140,7 @@ CELLS = [
         sat_segment = collecter.satisfaction(con, p, "segment")
         sat_channel = collecter.satisfaction(con, p, "channel")
         display(collecter.satisfaction_display(sat_segment, "Segment"))
-        fig = collecter.satisfaction_chart(sat_segment)
+        display(collecter.satisfaction_chart(sat_segment))
         """
     ),
     code(
