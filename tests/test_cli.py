@@ -128,7 +128,7 @@ def test_demo_data_calls_the_generator(monkeypatch, tmp_path, capsys):
         calls.append((Path(out), scale, seed))
         Path(out, "truth").mkdir(parents=True)
         Path(out, "truth", "model.json").write_text("{}")
-        return {"clients": 1234, "transactions": 56789}
+        return {"persons": 1234, "transactions": 56789, "files": {"web_accounts.csv": 1500}}
 
     fake = types.ModuleType("crmlab.demo")
     fake.generate = generate
@@ -139,7 +139,8 @@ def test_demo_data_calls_the_generator(monkeypatch, tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"Données de démonstration écrites dans {tmp_path / 'd'} en ")
     assert out[0].endswith("(échelle 0,05, graine 7) :")
-    assert out[1:] == ["  clients : 1\u202f234", "  transactions : 56\u202f789"]
+    assert out[1] == "  1\u202f234 personnes, 56\u202f789 achats"
+    assert out[2].startswith("  web_accounts.csv") and out[2].endswith("1\u202f500 lignes")
     assert cli.main(["demo-data", "--out", str(tmp_path / "e")]) == 0
     assert calls[-1] == (tmp_path / "e", 1.0, 42)  # the generator's own defaults
     assert "(échelle 1,00, graine 42)" in capsys.readouterr().out

@@ -272,6 +272,10 @@ def test_classify_errors():
     assert runner._classify("ZeroDivisionError", "division by zero", tb, step) == ("other", "ZeroDivisionError: division by zero")
     assert runner._classify("ParamsError", "Paramètre inconnu « run.x »", [], step) == ("input", "Paramètre inconnu « run.x »")
     assert runner._classify("CheckError", "Contrôle échoué", [], step) == ("check", "Contrôle échoué")
+    # a multi-line message (DuckDB's with a caret line) is summarised by its first line
+    binder = "Binder Error: No function matches string_split(INTEGER)\n\nLINE 3: SELECT ...\n        ^"
+    assert runner._classify("BinderException", binder, ["...", "        ^"], step) == (
+        "other", "BinderException: Binder Error: No function matches string_split(INTEGER)")
 
 
 def test_replace_nav():
@@ -313,3 +317,21 @@ def test_tiny_demo_fixture_writes_usable_params(tiny_demo, tmp_path):
     assert (tiny_demo.data_dir / "truth" / "model.json").exists()
     paths = [s["path"] for s in rp.steps["01"]["sources"]]
     assert paths and all(p.startswith(str(tiny_demo.data_dir)) and Path(p).exists() for p in paths)
+
+
+def test_step_without_inputs_is_marked_not_applicable(fake_chain, tmp_path, kernel_name, monkeypatch):
+    """A step whose module says it has nothing to do is not executed: « sans objet », exit 0."""
+    import types
+
+    from crmlab import runner
+
+    module = types.ModuleType("fake_not_applicable")
+    module.not_applicable = lambda block: "aucune source déclarée" if not block.get("sources") else None
+    monkeypatch.setitem(__import__("sys").modules, "fake_not_applicable", module)
+    steps = [fake_chain[0], runner.Step(**{**fake_chain[1].__dict__, "module": "fake_not_applicable"}), fake_chain[2]]
+    result = runner.run_chain(fake_run_params(tmp_path / "db.duckdb"), steps, tmp_path / "run",
+                              kernel_name=kernel_name, echo=lambda *a, **k: None)
+    assert result.exit_code == 0
+    assert [s.status for s in result.steps] == ["ok", "not_applicable", "ok"]
+    index = (tmp_path / "run" / "index.html").read_text(encoding="utf-8")
+    assert "sans objet" in index and "aucune source déclarée" in index

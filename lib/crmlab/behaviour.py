@@ -182,19 +182,24 @@ def cluster(feat: pd.DataFrame, *, k: int = 0, k_max: int = 8, seed: int = 42, g
     n = len(Z)
     if n < 3 or Z.shape[1] == 0:
         raise InputError(f"Trop peu de clients ({n}) ou de variables pour former des groupes de comportement")
+    from threadpoolctl import threadpool_limits
+
     scores = []
-    if k == 0:
-        rng = np.random.default_rng(seed)
-        idx = np.sort(rng.choice(n, size=min(n, sample), replace=False))
-        Zs = Z.to_numpy()[idx]
-        for kk in range(2, max(2, min(k_max, len(idx) - 1)) + 1):
-            km = KMeans(n_clusters=kk, random_state=seed, n_init=N_INIT).fit(Zs)
-            if len(np.unique(km.labels_)) < 2:
-                continue
-            scores.append((kk, float(silhouette_score(Zs, km.labels_, random_state=seed))))
-        k = max(scores, key=lambda t: t[1])[0] if scores else 2
-    k = min(k, n)
-    km = KMeans(n_clusters=k, random_state=seed, n_init=N_INIT).fit(Z.to_numpy())
+    # one OpenMP thread: on a small or busy machine KMeans' threads oversubscribe the cores
+    # (measured 3x slower on the demo, bench/RESULTS.md); results are identical.
+    with threadpool_limits(1, user_api="openmp"):
+        if k == 0:
+            rng = np.random.default_rng(seed)
+            idx = np.sort(rng.choice(n, size=min(n, sample), replace=False))
+            Zs = Z.to_numpy()[idx]
+            for kk in range(2, max(2, min(k_max, len(idx) - 1)) + 1):
+                km = KMeans(n_clusters=kk, random_state=seed, n_init=N_INIT).fit(Zs)
+                if len(np.unique(km.labels_)) < 2:
+                    continue
+                scores.append((kk, float(silhouette_score(Zs, km.labels_, random_state=seed))))
+            k = max(scores, key=lambda t: t[1])[0] if scores else 2
+        k = min(k, n)
+        km = KMeans(n_clusters=k, random_state=seed, n_init=N_INIT).fit(Z.to_numpy())
     # renumber by decreasing size (ties by first occurrence) so numbers are stable
     sizes = np.bincount(km.labels_, minlength=k)
     order = sorted(range(k), key=lambda c: (-sizes[c], int(np.argmax(km.labels_ == c))))

@@ -158,10 +158,10 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     seed = kwargs.get("seed", defaults.get("seed"))
     print(f"Données de démonstration écrites dans {out} en {fr_number(seconds, 1)} s "
           f"(échelle {fr_number(scale, 2) if isinstance(scale, (int, float)) else scale}, graine {seed}) :")
-    if isinstance(summary, dict):
-        for key, value in summary.items():
-            shown = fr_number(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
-            print(f"  {key} : {shown}")
+    if isinstance(summary, dict) and isinstance(summary.get("files"), dict):
+        print(f"  {fr_number(summary.get('persons', 0))} personnes, {fr_number(summary.get('transactions', 0))} achats")
+        for name, rows in summary["files"].items():
+            print(f"  {name:<45} {fr_number(rows):>10} lignes")
     else:
         files = sorted(p for p in out.rglob("*") if p.is_file())
         for p in files:

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from crmlab.charts import fr_number
+from crmlab.db import register_frame
 from crmlab.errors import CheckError, InputError
 
 UNIT_DAYS = {"day": 1.0, "week": 7.0, "month": 365.25 / 12}
@@ -695,7 +696,7 @@ def tracking(
     first_days = pd.to_datetime(cohort.index).values.astype("datetime64[D]")
     start = first_days.min()
     n_weeks = int(np.ceil((np.datetime64(end) - start).astype(int) / step_days))
-    con.register("_clv_cohort", calhold[["customer_id"]])
+    register_frame(con, "_clv_cohort", calhold[["customer_id"]])
     try:
         weekly = con.execute(
             f"""
@@ -769,7 +770,7 @@ def model_fits_frame(run_id: str, as_of, fits: list[tuple[Fit, str]], extra: dic
 def write_model_fits(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame) -> int:
     """Replace this run's rows of the same models in ``model_fits``; return rows written."""
     _require(frame, ["run_id", "as_of", "model", "param", "value"], "model_fits")
-    con.register("_fits_in", frame)
+    register_frame(con, "_fits_in", frame)
     try:
         con.execute("DELETE FROM model_fits WHERE (run_id, model) IN (SELECT DISTINCT run_id, model FROM _fits_in)")
         con.execute("INSERT INTO model_fits SELECT run_id, CAST(as_of AS DATE), model, param, CAST(value AS DOUBLE) FROM _fits_in")

@@ -36,7 +36,7 @@ from scipy.sparse.csgraph import connected_components
 
 from crmlab import uplift
 from crmlab.charts import fr_number, fr_percent
-from crmlab.db import check, now
+from crmlab.db import check, now, register_frame
 from crmlab.errors import InputError, ParamsError
 from crmlab.params import Param
 
@@ -98,6 +98,13 @@ PARAMS: dict[str, Param] = {
 
 # --------------------------------------------------------------------------- loading and checks
 
+
+
+def not_applicable(block: dict) -> str | None:
+    """Why step 04 has nothing to do with these params (no inbound source), else None."""
+    if not block.get("sources"):
+        return "aucune source de contacts entrants déclarée (collecter.sources)"
+    return None
 
 def _alias_sql(expr: str, aliases: dict[str, tuple[str, ...]]) -> str:
     """Return a SQL CASE mapping the accepted spellings (our constants) to the canonical value."""
@@ -178,7 +185,7 @@ def load_inbound(con: duckdb.DuckDBPyConnection, p: dict) -> tuple[pd.DataFrame,
         for _row, sha, reason, _col in problems:
             rejected.append({"source": name, "file": os.path.basename(paths.get(sha, "")), "reason": reason})
         bad_rows = pd.DataFrame([(r[0], r[1]) for r in problems], columns=["row_number", "sha256"])
-        con.register("_col_bad", bad_rows)
+        register_frame(con, "_col_bad", bad_rows)
         try:
             iid = "coalesce(s.interaction_id, s.source || ':' || left(s.sha256, 12) || ':' || CAST(s.row_number AS VARCHAR))"
             dup = con.execute(f"""SELECT count(*) FROM {staged} s WHERE {iid} IN (SELECT interaction_id FROM interactions)
@@ -281,7 +288,7 @@ def match(con: duckdb.DuckDBPyConnection, p: dict) -> None:
     unknown = unknown.assign(_root=labels)
     roots = unknown.groupby("_root").agg(source=("source", "first"), source_key=("interaction_id", "min")).reset_index()
     unknown = unknown.merge(roots.rename(columns={"source": "p_source", "source_key": "p_key"}), on="_root")
-    con.register("_col_unknown", unknown[["interaction_id", "p_source", "p_key"]])
+    register_frame(con, "_col_unknown", unknown[["interaction_id", "p_source", "p_key"]])
     try:
         con.execute("""
             CREATE OR REPLACE TEMP TABLE _col_prospects AS

@@ -217,11 +217,27 @@ def write_kpis(
     frame["value"] = pd.to_numeric(frame["value"], errors="coerce").astype(float)
     frame = frame[["run_id", "step", "kpi", "dimension", "value", "unit", "as_of", "recorded_at"]]
     con.execute("DELETE FROM kpis WHERE run_id = ? AND step = ?", [run_id, step])
-    con.register("_kpis_in", frame)
+    register_frame(con, "_kpis_in", frame)
     try:
         con.execute("INSERT INTO kpis SELECT run_id, step, kpi, dimension, value, unit, CAST(as_of AS DATE), recorded_at FROM _kpis_in")
     finally:
         con.unregister("_kpis_in")
+
+
+def register_frame(con: duckdb.DuckDBPyConnection, name: str, frame: pd.DataFrame) -> None:
+    """Register a pandas frame as a view, its text columns typed VARCHAR even when empty or all null.
+
+    DuckDB infers an object column's type from its values: an empty or all-null one
+    would come out INTEGER and break string functions and unions downstream.
+    """
+    out = frame
+    text = [c for c in frame.columns
+            if frame[c].dtype == object and all(isinstance(v, str) for v in frame[c].dropna())]
+    if text:
+        out = frame.copy()
+        for col in text:
+            out[col] = out[col].astype("string")
+    con.register(name, out)
 
 
 def require_columns(frame: pd.DataFrame, columns: Iterable[str], what: str) -> None:

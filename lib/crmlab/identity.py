@@ -57,6 +57,7 @@ from rapidfuzz.distance import DamerauLevenshtein, JaroWinkler
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from crmlab.db import register_frame
 from crmlab.errors import InputError
 from crmlab.normalize import normalize_customers
 
@@ -734,7 +735,7 @@ def evaluate(con_or_links: duckdb.DuckDBPyConnection | pd.DataFrame, truth_csv: 
 
 
 def _customer_ids(con: duckdb.DuckDBPyConnection, norm: str, labels: np.ndarray) -> pd.DataFrame:
-    con.register("_id_labels", pd.DataFrame({"rid": np.arange(len(labels), dtype=np.int64), "root": labels}))
+    register_frame(con, "_id_labels", pd.DataFrame({"rid": np.arange(len(labels), dtype=np.int64), "root": labels}))
     try:
         return con.execute(f"""
             SELECT l.rid, l.root, 'C' || left(md5(r.source || '|' || r.source_key), 10) AS customer_id
@@ -837,7 +838,7 @@ def link(
     # decisions: map to rids; 'same' pairs are scored too so every pair has a score
     dec = read_decisions(decisions) if decisions else pd.DataFrame(
         columns=["source_a", "key_a", "source_b", "key_b", "decision"], dtype=object)
-    con.register("_id_dec_in", dec)
+    register_frame(con, "_id_dec_in", dec)
     try:
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE _id_dec AS
@@ -914,12 +915,12 @@ def link(
 
     lap("clustering")
     ids = _customer_ids(con, norm, labels)
-    con.register("_id_ids", ids)
-    con.register("_id_edges", edges)
+    register_frame(con, "_id_ids", ids)
+    register_frame(con, "_id_edges", edges)
     prio = pd.DataFrame({"source": list((priorities or {}).keys()),
                          "prio": [int(v) for v in (priorities or {}).values()]}, dtype=object)
     prio["prio"] = prio["prio"].astype("int64")
-    con.register("_id_prio", prio)
+    register_frame(con, "_id_prio", prio)
     try:
         con.execute("""
             CREATE OR REPLACE TEMP TABLE _id_best AS

@@ -29,7 +29,7 @@ import pandas as pd
 
 from crmlab import exports, rfm, uplift
 from crmlab.charts import fr_money, fr_number, fr_percent
-from crmlab.db import check, now
+from crmlab.db import check, now, register_frame
 from crmlab.errors import InputError, ParamsError
 from crmlab.params import Param, closest
 
@@ -353,7 +353,7 @@ def plan_members(con: duckdb.DuckDBPyConnection, p: dict, targets: pd.DataFrame,
     """
     as_of = resolve_as_of(con, p)
     ids = targets[["campaign_id"]].astype(str)
-    con.register("_plan_ids", ids)
+    register_frame(con, "_plan_ids", ids)
     try:
         members = con.execute("""
             SELECT cc.campaign_id, cc.customer_id, any_value(cc.grp) AS grp
@@ -574,7 +574,7 @@ def store_plan(con: duckdb.DuckDBPyConnection, campaigns: pd.DataFrame, contacts
     """
     ensure_parent_column(con)
     parents = pd.DataFrame({"parent_id": campaigns["parent_id"].astype(str).unique()})
-    con.register("_parents", parents)
+    register_frame(con, "_parents", parents)
     try:
         con.execute("""DELETE FROM campaign_contacts WHERE campaign_id IN (
                            SELECT campaign_id FROM campaigns WHERE status = 'planned' AND source = 'interagir'
@@ -584,8 +584,8 @@ def store_plan(con: duckdb.DuckDBPyConnection, campaigns: pd.DataFrame, contacts
     finally:
         con.unregister("_parents")
     camp = campaigns.assign(status="planned", source="interagir", run_id=p["run_id"], created_at=now())
-    con.register("_camp_in", camp)
-    con.register("_cont_in", contacts)
+    register_frame(con, "_camp_in", camp)
+    register_frame(con, "_cont_in", contacts)
     try:
         con.execute("""INSERT INTO campaigns (campaign_id, name, channel, target, segment, offer, start_date, end_date,
                            cost_per_contact, status, source, run_id, created_at, parent_id)

@@ -41,6 +41,8 @@ import duckdb
 import pandas as pd
 import phonenumbers
 
+from crmlab.db import register_frame
+
 __all__ = [
     "ADDRESS_ABBREVIATIONS",
     "PLUS_TAG_PROVIDERS",
@@ -354,7 +356,7 @@ def _map_distinct(con: duckdb.DuckDBPyConnection, sql: str, func, name_: str) ->
     else:
         frame["norm"] = [func(a, b) for a, b in zip(frame.iloc[:, 0].tolist(), frame.iloc[:, 1].tolist(), strict=True)]
     frame["norm"] = frame["norm"].astype(object)
-    con.register(name_, frame)
+    register_frame(con, name_, frame)
     return name_
 
 
@@ -424,7 +426,7 @@ def normalize_customers(
         names["phon"] = [phonetic(v) for v in names["norm"].tolist()]
         names["phon"] = names["phon"].astype(object)
         con.unregister("_nc_names")
-        con.register("_nc_names", names)
+        register_frame(con, "_nc_names", names)
         _map_distinct(con, "SELECT DISTINCT email FROM _nc_raw WHERE email IS NOT NULL",
                       lambda v: (email(v, True), email(v, False), email(v, True, ignore_dots=False)), "_nc_email")
         emails = con.execute("SELECT * FROM _nc_email").df()
@@ -434,7 +436,7 @@ def normalize_customers(
         emails["strict"] = [p[2] for p in emails["pair"]]
         emails = emails[["raw", "norm", "clean", "strict"]].astype(object)
         con.unregister("_nc_email")
-        con.register("_nc_email", emails)
+        register_frame(con, "_nc_email", emails)
         rules = _fast_phone_rules(region)
         region_names = [k for k, v in _COUNTRIES.items() if v == region] + [region.lower()]
         if rules:
@@ -473,7 +475,7 @@ def normalize_customers(
         ]
         phones["e164"] = pd.Series([p[0] for p in parsed], dtype=object)
         phones["mobile"] = pd.Series([p[1] for p in parsed], dtype=object)
-        con.register("_nc_phone_slow", phones)
+        register_frame(con, "_nc_phone_slow", phones)
         con.execute("""CREATE OR REPLACE TEMP TABLE _nc_phone AS
                        SELECT raw, country, e164, mobile FROM _nc_phone_fast
                        UNION ALL SELECT raw, country, e164, CAST(mobile AS BOOLEAN) FROM _nc_phone_slow""")

@@ -234,6 +234,7 @@ STATUS_FR = {
     "failed": ("✗", "échec"),
     "not_run": ("–", "non exécutée"),
     "skipped": ("·", "non demandée"),
+    "not_applicable": ("○", "sans objet"),
 }
 
 KIND_FR = {
@@ -257,7 +258,7 @@ table.steps th { text-align: left; background: #1f4e79; color: #fff; padding: 6p
 table.steps td { border-bottom: 1px solid #ddd; padding: 6px 8px; vertical-align: top; }
 td.status-ok { color: #3a9e6f; font-weight: bold; }
 td.status-failed { color: #c44e52; font-weight: bold; }
-td.status-not_run, td.status-skipped { color: #888; }
+td.status-not_run, td.status-skipped, td.status-not_applicable { color: #888; }
 td.num { text-align: right; white-space: nowrap; }
 ul.kpis { margin: 0; padding-left: 16px; }
 a { color: #1f4e79; }
@@ -284,6 +285,8 @@ def index_html(info: dict) -> str:
     for s in info["steps"]:
         symbol, word = STATUS_FR[s["status"]]
         kpis = "".join(f"<li>{e(label)} : <strong>{e(text)}</strong></li>" for label, text in s.get("kpis") or [])
+        if s["status"] == "not_applicable" and s.get("error"):
+            kpis = f"<li>{e(s['error'])}</li>"
         links = []
         if s.get("html"):
             links.append(f'<a href="{e(s["html"])}">rapport</a>')

@@ -60,7 +60,8 @@ class Step:
     notebook : Path
         Source notebook (absolute path); it is executed with its folder as working folder.
     module : str, optional
-        Step module (``crmlab.segmenter``), read for ``HEADLINE_KPIS`` and ``KPI_LABELS``.
+        Step module (``crmlab.segmenter``), read for ``HEADLINE_KPIS``, ``KPI_LABELS`` and
+        ``not_applicable(block)``.
     """
 
     code: str
@@ -79,7 +80,8 @@ class Step:
 class StepResult:
     """What happened to one step in a run.
 
-    ``status`` is ``ok``, ``failed``, ``not_run`` (after a failure) or ``skipped`` (not
+    ``status`` is ``ok``, ``failed``, ``not_applicable`` (nothing to do with these
+    params, ``error`` says why), ``not_run`` (after a failure) or ``skipped`` (not
     requested with ``--steps``). ``timings`` (seconds): ``kernel_start`` (papermill
     start-up until the kernel is ready), ``execute`` (cells), ``html`` (report), ``total``.
     ``error_kind``: ``input`` (exit 2), ``check`` or ``other``.
@@ -294,6 +296,11 @@ def run_chain(
     for step in todo:
         echo(f"[{step.code}/{steps[-1].code}] {step.title} … ", end="", flush=True)
         res = results[step.code]
+        reason = _not_applicable(step, rp)
+        if reason:
+            res.status, res.error, res.seconds = "not_applicable", reason, 0.0
+            echo(f"sans objet : {reason}")
+            continue
         _run_step(step, rp, out_dir, res, kernel_name)
         echo(f"{'✓' if res.status == 'ok' else '✗'} {fr_number(res.seconds, 1)} s")
         if res.status != "ok":
@@ -392,6 +399,14 @@ def _run_step(step: Step, rp: params.RunParams, out_dir: Path, res: StepResult, 
     res.timings["total"] = round(res.seconds, 3)
 
 
+def _not_applicable(step: Step, rp: params.RunParams) -> str | None:
+    """French reason why a step has nothing to do with these params (its module's
+    ``not_applicable(block)``), e.g. step 04 without any inbound source; else None."""
+    module = _module(step.module)
+    check = getattr(module, "not_applicable", None) if module else None
+    return check(rp.steps.get(step.code, {})) if callable(check) else None
+
+
 @contextlib.contextmanager
 def _kernel_env():
     """Kernels show figures inline (``make test`` exports ``MPLBACKEND=agg``); papermill is quiet.
@@ -425,8 +440,11 @@ def _classify(ename: str, evalue: str, traceback: Sequence[str], step: Step) -> 
     if isinstance(cls, type) and issubclass(cls, CrmlabError):
         kind = "input" if issubclass(cls, errors.InputError) else ("check" if issubclass(cls, errors.CheckError) else "other")
         return kind, _one_line(evalue)
-    lines = [ln for ln in _strip_ansi("\n".join(traceback or [])).splitlines() if ln.strip()]
-    return "other", _one_line(lines[-1] if lines else f"{ename}: {evalue}")
+    message = next((ln for ln in _strip_ansi(evalue or "").splitlines() if ln.strip()), "")
+    if not message:
+        lines = [ln for ln in _strip_ansi("\n".join(traceback or [])).splitlines() if ln.strip()]
+        message = lines[-1] if lines else ""
+    return "other", _one_line(f"{ename}: {message}" if message else ename)
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")

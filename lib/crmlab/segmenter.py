@@ -17,6 +17,7 @@ import seaborn as sns
 
 from crmlab import charts, db, rfm, targets
 from crmlab.charts import fr_money, fr_number, fr_percent
+from crmlab.db import register_frame
 from crmlab.errors import CheckError, InputError, ParamsError
 from crmlab.params import Param
 
@@ -430,7 +431,7 @@ def write_snapshot(con: duckdb.DuckDBPyConnection, customers: pd.DataFrame, *, a
                    "rfm_segment", "cluster", "p_alive", "clv", "run_id"]]
     frame = frame.assign(cluster=frame["cluster"].astype(object).where(frame["cluster"].notna(), None))
     con.execute("DELETE FROM segments WHERE as_of = CAST(? AS DATE)", [as_of])
-    con.register("_segments_in", frame)
+    register_frame(con, "_segments_in", frame)
     try:
         con.execute("""INSERT INTO segments SELECT CAST(as_of AS DATE), customer_id, recency_days, frequency, monetary,
                        r_score, f_score, m_score, rfm_segment, CAST(cluster AS VARCHAR), CAST(p_alive AS DOUBLE),

@@ -38,7 +38,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from crmlab.db import now
+from crmlab.db import now, register_frame
 from crmlab.errors import InputError, ParamsError
 from crmlab.params import closest, resolve_path
 
@@ -865,7 +865,7 @@ def _read_excel(con: duckdb.DuckDBPyConnection, source: dict, fl: FileLoad, raw:
         data[c] = s
     frame = pd.DataFrame(data)
     fl.format = {"type": "excel", "sheet": sheet, "header": header}
-    con.register("_excel_in", frame)
+    register_frame(con, "_excel_in", frame)
     try:
         con.execute(f"CREATE TEMP TABLE {raw} AS SELECT * FROM _excel_in")
     finally:

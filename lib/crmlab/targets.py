@@ -29,6 +29,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from crmlab.db import register_frame
 from crmlab.errors import InputError, ParamsError
 from crmlab.params import closest
 
@@ -274,7 +275,7 @@ def store(con: duckdb.DuckDBPyConnection, campaigns: pd.DataFrame, contacts: pd.
 
     created_at = created_at or dt.datetime.now().replace(microsecond=0)
     ids = pd.DataFrame({"campaign_id": campaigns["campaign_id"].astype(str)})
-    con.register("_target_ids", ids)
+    register_frame(con, "_target_ids", ids)
     try:
         con.execute("""DELETE FROM campaign_contacts WHERE campaign_id IN (
                            SELECT c.campaign_id FROM campaigns c JOIN _target_ids t USING (campaign_id)
@@ -284,8 +285,8 @@ def store(con: duckdb.DuckDBPyConnection, campaigns: pd.DataFrame, contacts: pd.
     finally:
         con.unregister("_target_ids")
     camp = campaigns.assign(run_id=run_id, created_at=created_at, status="planned", source="segmenter")
-    con.register("_camp_in", camp)
-    con.register("_contacts_in", contacts)
+    register_frame(con, "_camp_in", camp)
+    register_frame(con, "_contacts_in", contacts)
     try:
         con.execute("""INSERT INTO campaigns (campaign_id, name, channel, target, segment, offer, start_date,
                            end_date, cost_per_contact, status, source, run_id, created_at)
