@@ -1,0 +1,345 @@
+"""Run every benchmark (``make bench``) and write ``bench/RESULTS.md``.
+
+Each benchmark saves its raw figures in ``bench/work/results/<name>.json``;
+``--render-only`` rewrites RESULTS.md from those files without measuring again, and
+``--only summary fit`` re-measures some benchmarks and keeps the others' saved figures.
+
+Usage: ``.venv/bin/python bench/run_all.py [--only summary fit chain growth] [--render-only] [--quick]``
+(``--quick``: small sizes and one run each, for a check that everything works – its
+figures are not meant for RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_chain  # noqa: E402
+import bench_fit  # noqa: E402
+import bench_growth  # noqa: E402
+import bench_summary  # noqa: E402
+import common  # noqa: E402
+from common import fmt_mib, fmt_s, fr  # noqa: E402
+
+BENCHES = ("summary", "fit", "growth", "chain")
+CASE_LABELS = {
+    "crmlab": "crmlab `clv.summary` (DuckDB sur le Parquet)",
+    "crmlab_loaded": "crmlab `clv.summary`, table déjà chargée dans DuckDB",
+    "crmlab_rfm": "crmlab `rfm.compute_rfm` (notes RFM, DuckDB)",
+    "lifetimes": "lifetimes `summary_data_from_transaction_data`",
+    "pandas": "pandas groupby simple",
+    "proposed_sql": "correctif proposé de `clv.summary` (sans fenêtre ROW_NUMBER)",
+}
+NOTES = """## Points chauds trouvés et corrections proposées
+
+Relevés à la main à partir des profils et des mesures ci-dessus ; les modules concernés appartiennent à
+d'autres parties du projet, les corrections sont décrites pour être appliquées par leurs propriétaires.
+
+1. **`crmlab.clv.summary` : la fonction fenêtre `ROW_NUMBER()` (dans `_purchases_sql`) ne sert qu'à
+   exclure le premier achat de la moyenne.** `(SUM(value) - arg_min(value, day)) / (COUNT(*) - 1)` donne
+   exactement le même montant (vérifié : sommes de contrôle identiques, ligne « correctif proposé » du
+   tableau 1) sans tri par client. Mesuré à 10 M transactions : calcul médian 12,0 s → 3,0 s ; c'est ce
+   qui fait passer crmlab de 1,5× à environ 6× plus rapide que lifetimes.
+2. **`crmlab.behaviour.cluster` : sur-souscription OpenMP de scikit-learn (KMeans) sur une machine à
+   2 cœurs chargée.** Sur les 6 008 clients de la démo : 6,7–8,3 s → 2,0–2,8 s (CPU 7,2–8,9 s → 2,0–3,0 s)
+   en entourant la boucle k = 2..k_max (KMeans + silhouette sur l'échantillon) de
+   `threadpoolctl.threadpool_limits(1, user_api="openmp")` (limiter BLAS seul ne change rien). Sous forte
+   charge, le profil de la chaîne démo attribuait 34 s sur 74 s à cette fonction.
+3. **Mémoire de l'étape 01 à 10 M transactions : 15,8 Gio**, atteints pendant `constituer.load_sources`
+   (55 s) : DuckDB garde ses tables temporaires en mémoire jusqu'à sa limite par défaut (80 % de la RAM).
+   Essai mesuré (cellules de l'étape 01 ré-exécutées avec `SET memory_limit='3GB'` juste après
+   `db.open_step`) : le chargement passe (pic de l'arbre 4,9 Gio au lieu de 15,1), mais
+   `identity._block_pairs` échoue ensuite en « Out of Memory » (opérateur qui ne déborde pas sur disque).
+   Il faut donc à la fois une `memory_limit` (+ `temp_directory`, `preserve_insertion_order=false`) dans
+   `crmlab.db.connect` et une génération de paires par blocs plus sobre dans `identity._block_pairs`.
+   Le rapprochement seul prend déjà 4,5 Gio à 1 M fiches (tableau 4).
+4. **`crmlab.charts` importe seaborn et matplotlib.pyplot au chargement**, et `clv`, `runner`, `report`,
+   `display`… l'importent pour `fr_number`. Coût : +1,1 s de CPU et +98 Mio de RSS par processus qui ne
+   dessine rien (CLI, benchmarks, usage en bibliothèque) ; à 1 M transactions c'est tout l'écart de
+   mémoire entre crmlab et pandas. Correction : formats français dans un petit module sans dépendance,
+   ou imports paresseux dans `charts`.
+5. **BG/NBD : 42 % du temps d'ajustement est la hessienne autograd de lifetimes** (erreurs standard,
+   4,9 s sur 11,6 s à 1 M clients). Le regroupement ne réduit que 1 000 000 → 694 709 lignes (récence et
+   T au jour près) ; arrondir récence et T à la semaine donnerait 175 425 lignes (approximation, à
+   décider).
+6. **Chaîne à 10 M transactions (démo échelle 185, 10 053 874 transactions, générée en 7 min avec 6,9 Gio)** :
+   la seule mesure disponible date d'avant une correction de `sources.py` (09:42) ; à ce moment l'étape 01
+   finissait « ok » avec 0 transaction (même défaut qu'Online Retail, corrigé depuis : Online Retail passe
+   maintenant) et l'étape 02 s'arrêtait. Étape 01 : 67–102 s, 15,8 Gio. La cible 10 M ≤ 5 min et
+   ≤ 4 Gio n'est donc **pas démontrée** et la mémoire l'exclut en l'état ; à relancer avec
+   `bench/bench_chain.py --cases demo_large --large-scale 185 --large-runs 1`.
+7. `lifetimes.utils.summary_data_from_transaction_data` fonctionne avec pandas 3.1 sur ces données
+   (aucune cale) : le docstring de `clv.py` qui dit le contraire est à nuancer.
+"""
+TARGETS = {"summary_speedup": 15.0, "fit_1m_s": 10.0, "demo_s": 90.0, "large_s": 300.0, "large_gib": 4.0}
+
+
+def run(only: list[str], quick: bool, work: Path) -> None:
+    """Measure the selected benchmarks (each saves its JSON)."""
+    w = ["--work", str(work)] + (["--no-save"] if quick else [])
+    if "summary" in only:
+        bench_summary.main((["--sizes", "100000", "--runs", "1"] if quick else []) + w)
+    if "fit" in only:
+        bench_fit.main((["--customers", "10000", "--runs", "1", "--source-tx", "1000000"] if quick else []) + w)
+    if "growth" in only:
+        bench_growth.main((["--tx", "10000", "100000", "--records", "2000", "20000", "--runs", "1"] if quick else []) + w)
+    if "chain" in only:
+        bench_chain.main(["--cases", "demo", "--runs", "1", "--no-save"] if quick else ["--profile"])
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _yes(ok: bool | None) -> str:
+    return "–" if ok is None else ("**atteint**" if ok else "**non atteint**")
+
+
+def render_machine(m: dict) -> list[str]:
+    return [
+        "## Machine",
+        "",
+        f"- Processeur : {m['cpu']} – {m['cores_logical']} cœurs logiques ({m['cores_physical']} physiques), "
+        f"RAM {m['ram_gib']} Gio ; {m['os']}",
+        f"- Python {m['python']}, DuckDB {m['duckdb']}, pandas {m['pandas']}, numpy {m['numpy']}, pyarrow {m['pyarrow']}, "
+        f"scipy {m['scipy']}, lifetimes {m['lifetimes']}, papermill {m['papermill']}",
+        f"- Rendu le {m['date']} ; charge moyenne (1, 5, 15 min) au rendu : {m['load_avg']}",
+        "",
+    ]
+
+
+def render_summary(data: dict) -> tuple[list[str], dict]:
+    lines = [
+        "## 1. Transactions → résumé par client (fréquence, récence, T, montant)",
+        "",
+        "Même fichier Parquet synthétique (BG/NBD + Gamma-Gamma, ~6,5 transactions par client, "
+        "`common.synthetic_transactions`), chaque cas dans son propre processus. *Lecture* = lecture du Parquet "
+        "(vue DuckDB : quasi nulle, le calcul lit le fichier) ; *calcul* = la fonction ; *total* = lecture + calcul "
+        "(hors démarrage de Python et imports) ; *CPU* = temps CPU utilisateur + système du processus entier "
+        "(imports compris) ; *mémoire* = pic de RSS du processus (imports compris). Médianes de "
+        f"{_n_runs(data)} exécutions ; *charge* = charge moyenne sur 1 min au lancement (machine à 2 cœurs partagée).",
+        "",
+    ]
+    verdict: dict = {}
+    for size, entry in data.get("sizes", {}).items():
+        cases = entry["cases"]
+        n = int(size)
+        lines += [f"### {fr(n, 0)} transactions, {fr(entry.get('customers') or 0, 0)} clients", ""]
+        lines += ["| chemin | lecture | calcul | total | CPU processus | mémoire de pointe | charge | total / crmlab | CPU / crmlab | mémoire / crmlab |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        ref = cases.get("crmlab")
+        for name, c in cases.items():
+            r = c.get("result") or {}
+            if not c["ok"]:
+                lines.append(f"| {CASE_LABELS.get(name, name)} | – | – | {fmt_s(None, c.get('timeout_s')) if c.get('timed_out') else 'échec'} | | | | | | |")
+                continue
+            ratio = lambda a, b: f"{fr(a / b)}×" if a and b else "–"  # noqa: E731
+            lines.append(
+                f"| {CASE_LABELS.get(name, name)} | {fmt_s(r.get('load_s'))} | {fmt_s(r.get('compute_s'))} | {fmt_s(r.get('total_s'))} "
+                f"| {fmt_s(c['cpu_s'])} | {fmt_mib(c['peak_mib'])} | {c['load']} "
+                f"| {ratio(r.get('total_s'), ref['result'].get('total_s')) if ref and ref['ok'] else '–'} "
+                f"| {ratio(c['cpu_s'], ref['cpu_s']) if ref and ref['ok'] else '–'} "
+                f"| {ratio(c['peak_mib'], ref['peak_mib']) if ref and ref['ok'] else '–'} |")
+        cons = entry.get("consistent")
+        lines += ["", "Résultats identiques entre crmlab, lifetimes et pandas (clients, Σ fréquence, Σ récence, Σ T, Σ montant) : "
+                  + ("oui" if cons else ("**non**" if cons is False else "non vérifié")), ""]
+        if ref and ref["ok"]:
+            lt, pd_ = cases.get("lifetimes"), cases.get("pandas")
+            if lt and lt["ok"]:
+                verdict[f"speedup_{n}"] = lt["result"]["total_s"] / ref["result"]["total_s"]
+                verdict[f"cpu_speedup_{n}"] = lt["cpu_s"] / ref["cpu_s"]
+            if pd_ and pd_["ok"]:
+                verdict[f"mem_below_pandas_{n}"] = ref["peak_mib"] < pd_["peak_mib"]
+    big = max((int(s) for s in data.get("sizes", {})), default=None)
+    if big:
+        sp = verdict.get(f"speedup_{big}")
+        lines += [f"**Cible** ≥ {TARGETS['summary_speedup']:.0f}× plus rapide que lifetimes à {fr(big, 0)} transactions : "
+                  + (f"{fr(sp)}× en temps écoulé, {fr(verdict.get(f'cpu_speedup_{big}', 0))}× en CPU processus → "
+                     f"{_yes(sp >= TARGETS['summary_speedup'])}" if sp else "non mesuré"),
+                  "",
+                  "**Cible** mémoire de pointe sous celle du chemin pandas : "
+                  + _yes(verdict.get(f"mem_below_pandas_{big}")), ""]
+    return lines, verdict
+
+
+def _n_runs(data: dict) -> str:
+    ns = {c["n"] for e in data.get("sizes", {}).values() for c in e["cases"].values()}
+    return "/".join(str(n) for n in sorted(ns)) or "?"
+
+
+def render_fit(data: dict) -> list[str]:
+    lines = [
+        "## 2. Ajustement BG/NBD + Gamma-Gamma",
+        "",
+        f"Échantillons tirés (graine fixe) du résumé par client en semaines des {fr(data.get('source_transactions', 0), 0)} "
+        "transactions synthétiques (vrais paramètres : r 0,8, α 6, a 0,6, b 4 ; p 6, q 4, v 15). *Groupé* : lignes "
+        "(fréquence, récence, T) identiques ajustées une fois avec `weights` ; *non groupé* : une ligne par client. "
+        "Temps des appels `clv.fit_purchases` + `clv.fit_spend` (regroupement compris, import de lifetimes exclu).",
+        "",
+        "| clients | mode | lignes BG/NBD | lignes Gamma-Gamma | BG/NBD | Gamma-Gamma | total | CPU processus | mémoire | charge | exécutions |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    one_m = None
+    notes: list[str] = []
+    for size, entry in data.get("sizes", {}).items():
+        for mode in ("grouped", "ungrouped"):
+            c = entry.get(mode)
+            if not c:
+                continue
+            r = c.get("result") or {}
+            label = "groupé" if mode == "grouped" else "non groupé"
+            if c["ok"]:
+                lines.append(f"| {fr(int(size), 0)} | {label} | {fr(r.get('bgnbd_rows', 0), 0)} | {fr(r.get('gamma_gamma_rows', 0), 0)} "
+                             f"| {fmt_s(r.get('bgnbd_s'))} | {fmt_s(r.get('gamma_gamma_s'))} | {fmt_s(r.get('total_s'))} "
+                             f"| {fmt_s(c['cpu_s'])} | {fmt_mib(c['peak_mib'])} | {c['load']} | {c['n']} |")
+                if mode == "grouped" and int(size) == 1_000_000:
+                    one_m = r.get("total_s")
+            else:
+                lines.append(f"| {fr(int(size), 0)} | {label} | | | | | {fmt_s(None, c.get('timeout_s')) if c.get('timed_out') else 'échec'} | | | | {c['n']} |")
+        if entry.get("speedup"):
+            g = entry["grouped"]["result"]
+            notes.append(f"- {fr(int(size), 0)} clients : le regroupement rend l'ajustement {fr(entry['speedup'])}× plus rapide ; "
+                         f"écart relatif maximal des paramètres BG/NBD groupé / non groupé : {entry.get('max_param_rel_diff')} ; "
+                         f"BG/NBD {_params(g.get('bgnbd_params'))} ; Gamma-Gamma {_params(g.get('gamma_gamma_params'))}.")
+    lines += [""] + notes + ["", f"**Cible** ≤ {TARGETS['fit_1m_s']:.0f} s à 1 000 000 clients (groupé) : "
+              + (f"{fmt_s(one_m)} → {_yes(one_m <= TARGETS['fit_1m_s'])}" if one_m else "non mesuré"), ""]
+    return lines
+
+
+def _params(p: dict | None) -> str:
+    return ", ".join(f"{k} {fr(v, 3)}" for k, v in (p or {}).items())
+
+
+def render_chain(data: dict) -> list[str]:
+    lines = [
+        "## 3. La chaîne complète (`crmlab run`)",
+        "",
+        "Base vide à chaque exécution ; *mémoire* = pic de la somme des RSS de l'arbre de processus (crmlab + noyaux "
+        "Jupyter, échantillonné toutes les 50 ms) ; découpage d'après `run.json` (somme sur les étapes).",
+        "",
+        "| cas | transactions | étapes | total | CPU arbre | mémoire arbre | démarrage noyaux | exécution cellules | rendu HTML | charge | exécutions |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    verdicts = []
+    for case, c in data.get("cases", {}).items():
+        if "skipped" in c:
+            lines.append(f"| {case} | {c['skipped']} | | | | | | | | | |")
+            continue
+        r = c.get("result") or {}
+        label = {"demo": "démo (échelle 1)", "online_retail": "Online Retail"}.get(case, f"démo (échelle {c.get('scale', '?'):g})")
+        total = r.get("total_s") if c["ok"] and r.get("exit_code") == 0 else None
+        status = fmt_s(total) if total else ("> délai" if c.get("timed_out") else f"échec : {_error(r)}")
+        lines.append(f"| {label} | {fr(r.get('transactions') or 0, 0)} | {r.get('steps', '')} | {status} | {fmt_s(c['cpu_s'])} "
+                     f"| {fmt_mib(c['peak_mib'])} | {fmt_s(r.get('kernel_start_s'))} | {fmt_s(r.get('execute_s'))} "
+                     f"| {fmt_s(r.get('html_s'))} | {c['load']} | {c['n']} |")
+        if case == "demo":
+            verdicts.append(f"**Cible** démo par défaut ≤ {TARGETS['demo_s']:.0f} s : {fmt_s(total)} → "
+                            + (_yes(total <= TARGETS["demo_s"]) if total else "non mesuré"))
+        if case == "demo_large":
+            tx = r.get("transactions") or 0
+            verdicts.append(f"**Cible** ~10 M transactions ≤ {TARGETS['large_s']:.0f} s et ≤ {TARGETS['large_gib']:.0f} Gio : "
+                            f"{fr(tx, 0)} transactions chargées (échelle {c.get('scale', 0):g}) : {fmt_s(total)}, "
+                            f"{fmt_mib(c['peak_mib'])} → "
+                            + ("non démontré à 10 M" if tx < 9_000_000 else _yes(bool(total) and total <= TARGETS["large_s"]
+                                                                             and c["peak_mib"] <= TARGETS["large_gib"] * 1024)))
+    lines += [""] + [v + "  " for v in verdicts] + [""]
+    mem = [(case, c["memory_by_cell"]) for case, c in data.get("cases", {}).items() if c.get("memory_by_cell")]
+    if mem:
+        lines += ["Cellules pendant lesquelles l'arbre de processus atteint sa mémoire de pointe (heures de début et de fin "
+                  "des cellules enregistrées par papermill, RSS échantillonnée toutes les 0,5 s) :", ""]
+        for case, cells in mem:
+            lines.append(f"- {case} : " + " ; ".join(
+                f"{fmt_mib(m['peak_mib'])} pendant {m['notebook']} cellule {m['cell']} ({fmt_s(m['seconds'])}, `{m['source']}`)"
+                for m in cells[:3]))
+        lines.append("")
+    profs = data.get("profiles", {})
+    if profs:
+        lines += ["### Où va le temps (pyinstrument, cellules des carnets ré-exécutées dans un seul processus)", "",
+                  "Temps propre par catégorie : *sql* = temps propre des fonctions crmlab/duckdb (les appels C de DuckDB "
+                  "faits depuis crmlab), *imports* = imports de modules, *models* = lifetimes / scikit-learn / "
+                  "scipy.optimize, *charts* = matplotlib / seaborn, *pandas* = pandas / numpy / pyarrow.", ""]
+        for case, p in profs.items():
+            r = p.get("result")
+            if not r:
+                lines += [f"- {case} : profil en échec", ""]
+                continue
+            split = ", ".join(f"{k} {fr(v)} s" for k, v in r["split"].items())
+            steps = ", ".join(f"{k[:-2]} {fr(v)} s" for k, v in r.items() if k.endswith("_s") and k[:2].isdigit())
+            errs = "; ".join(f"{k[:-6]} : {v}" for k, v in r.items() if k.endswith("_error"))
+            lines += [f"- **{case}** (total {fr(r['total_s'])} s, charge {p['load_before']}) : {split}. Par carnet : {steps}."
+                      + (f" Échecs hors noyau : {errs}." if errs else ""),
+                      "  Fonctions crmlab les plus coûteuses (temps cumulé) : "
+                      + ", ".join(f"`{k}` {fr(v)} s" for k, v in r["top_crmlab"][:8]), ""]
+    return lines
+
+
+def _error(r: dict) -> str:
+    err = r.get("error")
+    if isinstance(err, dict):
+        return f"étape {err.get('code')} – {err.get('message', '')}"[:200]
+    if isinstance(err, str) and "'message': " in err:
+        return err.split("'message': ", 1)[1].strip("}\"' ")[:200]
+    return str(err or r.get("stderr", ""))[:200]
+
+
+def render_growth(data: dict) -> list[str]:
+    lines = ["## 4. Croissance (échelle logarithmique)", "",
+             "Pente log-log entre tailles successives : 1 = linéaire, 2 = quadratique. Les petites tailles sont "
+             "dominées par des coûts fixes (pente < 1).", ""]
+    for s in data.get("series", {}).values():
+        lines += [f"### {s['label']}", "", f"| {s['unit']} | temps de calcul | CPU processus | mémoire de pointe | charge |",
+                  "|---|---|---|---|---|"]
+        for p in s["points"]:
+            t = fmt_s(p["seconds"]) if p["ok"] else (fmt_s(None, p["timeout_s"]) if p["timed_out"] else "échec")
+            lines.append(f"| {fr(p['size'], 0)} | {t} | {fmt_s(p['cpu_s'])} | {fmt_mib(p['peak_mib'])} | {p['load']} |")
+        lines += ["", f"Pentes temps : {s['time_slopes']} ; CPU : {s['cpu_slopes']} ; mémoire : {s['memory_slopes']}", ""]
+    if data.get("chart"):
+        lines += ["![croissance](growth.png)", ""]
+    return lines
+
+
+def render(out: Path = common.BENCH / "RESULTS.md") -> Path:
+    """Write RESULTS.md from the saved JSON results."""
+    saved = {name: common.load_saved(name) for name in BENCHES}
+    machine = next((s["machine"] for s in saved.values() if s), common.machine())
+    lines = ["# Benchmarks crmlab", "",
+             "Produit par `make bench` (`.venv/bin/python bench/run_all.py`) ; chaque benchmark se relance seul "
+             "(`bench/bench_*.py --help`) et ses chiffres bruts sont dans `bench/work/results/*.json`. "
+             "La machine de mesure est partagée (autres tâches en cours) : la charge est notée à côté de chaque "
+             "chiffre et le temps CPU accompagne le temps écoulé.", ""]
+    lines += render_machine(common.machine() | {"date": machine["date"]})
+    if saved["summary"]:
+        body, _ = render_summary(saved["summary"])
+        lines += [f"_Mesuré le {saved['summary']['machine']['date']}, commande `bench/bench_summary.py`._", ""] + body
+    if saved["fit"]:
+        lines += [f"_Mesuré le {saved['fit']['machine']['date']}, commande `bench/bench_fit.py`._", ""] + render_fit(saved["fit"])
+    if saved["chain"]:
+        lines += [f"_Mesuré le {saved['chain']['machine']['date']}, commande `bench/bench_chain.py --profile`._", ""] + render_chain(saved["chain"])
+    if saved["growth"]:
+        lines += [f"_Mesuré le {saved['growth']['machine']['date']}, commande `bench/bench_growth.py`._", ""] + render_growth(saved["growth"])
+    lines += [NOTES]
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return out
+
+
+def main(argv: list[str] | None = None) -> Path | None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=BENCHES, default=list(BENCHES))
+    parser.add_argument("--render-only", action="store_true")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--work", default=str(common.WORK))
+    args = parser.parse_args(argv)
+    if not args.render_only:
+        run(args.only, args.quick, Path(args.work))
+    if args.quick:
+        print("Mode rapide : chiffres non enregistrés, RESULTS.md inchangé")
+        return None
+    path = render()
+    print(f"Résultats écrits dans {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
+
