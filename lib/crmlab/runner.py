@@ -358,6 +358,8 @@ def _run_step(step: Step, rp: params.RunParams, out_dir: Path, res: StepResult, 
                     parameters=rp.for_step(step.code),
                     cwd=str(step.notebook.parent),
                     kernel_name=kernel_name,
+                    start_timeout=180,  # a kernel that never answers fails the step instead of hanging
+                    execution_timeout=3600,  # per cell
                     progress_bar=False,
                     log_output=False,
                     request_save_on_cell_execute=False,
