@@ -38,6 +38,7 @@ from crmlab import history, normalize, quality
 from crmlab.db import check, now
 from crmlab.errors import InputError, ParamsError
 from crmlab.params import Param
+from crmlab.sources import resolve_source_paths, validate_sources
 
 #: Contact fields updated by the feed (golden record columns).
 UPDATE_FIELDS = ["first_name", "last_name", "email", "phone", "address", "postal_code", "city", "country"]
@@ -73,18 +74,6 @@ def field_label(f: str) -> str:
 # --------------------------------------------------------------------------- params
 
 
-def _check_sources(value, key):
-    from crmlab.sources import validate_sources
-
-    return validate_sources(value, key)
-
-
-def _resolve_sources(value, base):
-    from crmlab.sources import resolve_source_paths
-
-    return resolve_source_paths(value, base)
-
-
 def _check_priority(value, key):
     for k, v in value.items():
         if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -101,7 +90,7 @@ def _check_fields(value, key):
 
 PARAMS: dict[str, Param] = {
     "sources": Param("list", [], "nouveaux fichiers à intégrer (achats, fiches clients, consentements) : nom, type, chemin, colonnes",
-                     check=_check_sources, paths_in=_resolve_sources),
+                     check=validate_sources, paths_in=resolve_source_paths),
     "apply_interactions": Param("bool", True, "appliquer les coordonnées et consentements collectés à l'étape 04"),
     "source_priority": Param("dict", {}, "rang de fiabilité par source ou canal (1 = le plus fiable) ; absent = même rang, la valeur la plus récente l'emporte",
                              check=_check_priority),

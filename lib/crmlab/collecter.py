@@ -39,6 +39,7 @@ from crmlab.charts import fr_number, fr_percent
 from crmlab.db import check, now, register_frame
 from crmlab.errors import InputError, ParamsError
 from crmlab.params import Param
+from crmlab.sources import resolve_source_paths, validate_sources
 
 #: channels of inbound contacts (values after normalisation) and their accepted spellings
 CHANNEL_ALIASES = {
@@ -68,8 +69,6 @@ COLUMNS = ["interaction_id", "customer_id", "source", "source_key", "channel", "
 
 
 def _check_sources(value, key):
-    from crmlab.sources import validate_sources
-
     out = validate_sources(value, key)
     for src in out:
         if src["kind"] != "interactions":
@@ -78,15 +77,9 @@ def _check_sources(value, key):
     return out
 
 
-def _resolve_sources(value, base):
-    from crmlab.sources import resolve_source_paths
-
-    return resolve_source_paths(value, base)
-
-
 PARAMS: dict[str, Param] = {
     "sources": Param("list", [], "contacts entrants : nom, chemin, kind: interactions, correspondance des colonnes",
-                     check=_check_sources, paths_in=_resolve_sources),
+                     check=_check_sources, paths_in=resolve_source_paths),
     "keep_text": Param("bool", False, "conserver le texte libre des contacts (commentaires, messages) ; non par défaut (minimisation)"),
     "bad_rows": Param("str", "erreur", "ligne invalide (canal inconnu, note hors échelle, date manquante) : erreur (tout arrêter) ou rejeter (écarter et compter)",
                       choices=("erreur", "rejeter")),

@@ -16,6 +16,7 @@ import pandas as pd
 from crmlab.db import check
 from crmlab.errors import InputError, ParamsError
 from crmlab.params import Param
+from crmlab.sources import resolve_source_paths, validate_sources
 
 CUSTOMER_FIELDS = [
     "first_name", "last_name", "email", "phone", "address", "postal_code",
@@ -27,18 +28,6 @@ FIELD_LABELS = {
     "address": "Adresse", "postal_code": "Code postal", "city": "Ville", "country": "Pays",
     "birth_date": "Date de naissance", "gender": "Civilité",
 }
-
-
-def _check_sources(value, key):
-    from crmlab.sources import validate_sources
-
-    return validate_sources(value, key)
-
-
-def _resolve_sources(value, base):
-    from crmlab.sources import resolve_source_paths
-
-    return resolve_source_paths(value, base)
 
 
 def _check_fields(value, key):
@@ -61,7 +50,7 @@ def _check_band(value, key):
 
 
 PARAMS: dict[str, Param] = {
-    "sources": Param("list", [], "fichiers sources : nom, type (kind), chemin, correspondance des colonnes", check=_check_sources, paths_in=_resolve_sources),
+    "sources": Param("list", [], "fichiers sources : nom, type (kind), chemin, correspondance des colonnes", check=validate_sources, paths_in=resolve_source_paths),
     "keep_fields": Param("list", ["first_name", "last_name", "email", "phone", "address", "postal_code", "city", "birth_date"],
                          "champs clients conservés (minimisation) ; les autres sont écartés", check=_check_fields),
     "default_region": Param("str", "FR", "pays par défaut des numéros de téléphone (code ISO à 2 lettres)"),
