@@ -39,6 +39,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,16 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Kernels started by the tests (papermill, nbval, the runner) get their own IPython folder
+# per test process, with the command history off: kernels of two xdist workers otherwise
+# share ~/.ipython/profile_default/history.sqlite, and a kernel was seen going silent
+# (the test waiting forever) while both wrote to it.
+_IPYTHONDIR = Path(tempfile.mkdtemp(prefix="crmlab-ipython-"))
+(_IPYTHONDIR / "profile_default").mkdir(parents=True, exist_ok=True)
+(_IPYTHONDIR / "profile_default" / "ipython_kernel_config.py").write_text(
+    "c.HistoryManager.enabled = False\n", encoding="utf-8")
+os.environ["IPYTHONDIR"] = str(_IPYTHONDIR)
 
 
 # --------------------------------------------------------------------------- kernels

@@ -364,7 +364,7 @@ def _run_step(step: Step, rp: params.RunParams, out_dir: Path, res: StepResult, 
                     log_output=False,
                     request_save_on_cell_execute=False,
                     on_notebook_start=lambda **_: marks.setdefault("kernel_ready", time.perf_counter()),
-                    extra_arguments=["--IPKernelApp.log_level=CRITICAL"],  # no kernel start-up chatter
+                    extra_arguments=["--IPKernelApp.log_level=CRITICAL", "--HistoryManager.enabled=False"],  # no kernel start-up chatter
                 )
             res.status = "ok"
         except pm.PapermillExecutionError as exc:
