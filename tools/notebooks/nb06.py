@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-_builder = sys.modules.get("build_notebooks")
-if _builder is None:
-    _spec = importlib.util.spec_from_file_location("build_notebooks", HERE.parent / "build_notebooks.py")
-    _builder = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(_builder)
-md, code = _builder.md, _builder.code
+sys.path.insert(0, str(HERE.parent))
+from build_notebooks import code, md  # noqa: E402
 
 TITLE = """
 # Étape 06 – Mesurer
