@@ -54,3 +54,45 @@ def test_reports_never_show_full_emails(demo_run):
         text = page.read_text(encoding="utf-8")
         assert not [e for e in emails if e in text], page.name
         assert not [p for p in phones if p in text], page.name
+
+
+def test_measure_report_shows_nps_in_whole_points_and_explains_the_alerts(demo_run):
+    import re
+    from html.parser import HTMLParser
+
+    class Cells(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.rows, self.text, self._cell = [], [], None
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "tr":
+                self.rows.append([])
+            elif tag in ("td", "th"):
+                self._cell = ""
+
+        def handle_endtag(self, tag):
+            if tag in ("td", "th") and self._cell is not None and self.rows:
+                self.rows[-1].append(self._cell.strip())
+                self._cell = None
+
+        def handle_data(self, data):
+            self.text.append(data)
+            if self._cell is not None:
+                self._cell += data
+
+    page = Cells()
+    page.feed((demo_run / "html" / "06_mesurer.html").read_text(encoding="utf-8"))
+    nps = [r for r in page.rows if len(r) >= 4 and r[2] == "NPS" and r[1] == "04"]
+    assert len(nps) == 1 and re.fullmatch(r"[+-]?\d{1,3}", nps[0][3]), nps  # e.g. « -14 », never « -0,1 »
+    assert -100 <= int(nps[0][3]) <= 100
+    text = " ".join(page.text)
+    # first run on a fresh database: step 03 ran before any inbound contact was collected
+    assert "Aucune alerte client" in text and "aucun contact entrant n'était encore collecté" in text
+    run = json.loads((demo_run / "run.json").read_text(encoding="utf-8"))
+    con = duckdb.connect(run["params"]["run"]["database"], read_only=True)
+    survey = con.execute("SELECT count(*), count(DISTINCT source) FROM interactions WHERE kind = 'enquête'").fetchone()
+    scores = dict(con.execute("""SELECT s.score_type, count(*) FROM interaction_scores s JOIN interactions i USING (interaction_id)
+                                 WHERE i.kind = 'enquête' GROUP BY 1""").fetchall())
+    con.close()
+    assert survey[1] == 1 and scores == {"nps": survey[0], "csat": survey[0]}  # one contact per answer, both scores

@@ -166,3 +166,201 @@ def test_satisfaction_by_segment(tmp_path):
     assert sat.loc["Prospects", "nps"] == pytest.approx(-1.0)
     assert sat.loc["Ensemble", "nps_n"] == 2 and sat.loc["Ensemble", "csat_n"] == 1
     con.execute("ROLLBACK")
+
+
+# --------------------------------------------------------------------------- several scores per row (scores:)
+
+SURVEY_HEADER = "rid,date,canal,email,nps,csat\n"
+SURVEY = (
+    "R1,2025-05-01,web,marie.dupont@gmail.com,9,5\n"      # known customer C1, two scores
+    "R2,2025-05-02,magasin,zoe.inconnue@proton.me,3,2\n"  # unknown: prospect, two scores
+    "R3,2025-05-03,web,marie.dupont@gmail.com,10,\n"      # C1 again, NPS only
+    "R4,2025-05-04,web,,,4\n"                              # anonymous, CSAT only
+)
+SURVEY_COLUMNS = {"interaction_id": "rid", "ts": "date", "channel": "canal", "email": "email", "operation": "'Enquête'"}
+
+
+def _survey_params(path: Path, sources: list | None = None, **over) -> dict:
+    p = {k: v.default for k, v in collecter.PARAMS.items()}
+    sources = sources or [{"name": "enquete", "kind": "interactions", "path": str(path), "columns": SURVEY_COLUMNS,
+                           "scores": {"nps": "nps", "csat": "csat"}}]
+    p.update(sources=collecter._check_sources(sources, "collecter.sources"), run_id="t04", as_of="2025-06-01")
+    p.update(over)
+    return p
+
+
+def _two_sources(path: Path) -> list:
+    """The old workaround: the same file declared once per score."""
+    return [{"name": f"enquete_{t}", "kind": "interactions", "path": str(path),
+             "columns": {**SURVEY_COLUMNS, "interaction_id": f"'{t}-' || rid", "score": t, "score_type": f"'{t}'"}}
+            for t in ("nps", "csat")]
+
+
+def test_scores_one_contact_per_answer_every_score_kept(tmp_path):
+    path = tmp_path / "enquete.csv"
+    path.write_text(SURVEY_HEADER + SURVEY, encoding="utf-8")
+    con = _base(tmp_path)
+    con.execute("BEGIN")
+    p = _survey_params(path)
+    collecter.collect(con, p)
+    got = con.execute("SELECT interaction_id, customer_id, score, score_type FROM interactions ORDER BY 1").df()
+    assert got["interaction_id"].tolist() == ["R1", "R2", "R3", "R4"]  # one contact per answer
+    # the single-score columns hold the score of a contact that has exactly one
+    assert got["score"].tolist()[2:] == [10.0, 4.0] and got["score_type"].tolist()[2:] == ["nps", "csat"]
+    assert got[["score", "score_type"]].iloc[:2].isna().all().all()
+    scores = con.execute("SELECT interaction_id, score_type, score FROM interaction_scores ORDER BY 1, 2").fetchall()
+    assert scores == [("R1", "csat", 5.0), ("R1", "nps", 9.0), ("R2", "csat", 2.0), ("R2", "nps", 3.0),
+                      ("R3", "nps", 10.0), ("R4", "csat", 4.0)]
+    tot = collecter.collect_totals(con)
+    assert (tot["collected"], tot["matched"], tot["new_prospects"], tot["customers"]) == (4, 2, 1, 2)
+    m = collecter.collect_measures(con)
+    assert int(m["collected"].sum()) == 4
+    sat = collecter.satisfaction(con, p, "segment").set_index("group").loc["Ensemble"]
+    assert (sat["nps_n"], sat["promoters"], sat["detractors"]) == (3, 2, 1)
+    assert sat["nps"] == pytest.approx(1 / 3)
+    assert sat["csat_n"] == 3 and sat["csat"] == pytest.approx(2 / 3)
+    k = collecter.kpis(m, tot, collecter.satisfaction(con, p, "segment"), collecter.satisfaction(con, p, "channel"))
+    head = k[k["dimension"] == ""].set_index("kpi")
+    assert head.loc["NPS", "value"] == pytest.approx(100 / 3) and head.loc["NPS", "unit"] == collecter.NPS_UNIT
+    assert head.loc["contacts collectés", "value"] == 4
+    collecter.check_output(con, p)
+    # loading the same file again adds neither contacts nor scores
+    collecter.collect(con, p)
+    assert con.execute("SELECT count(*) FROM interaction_scores").fetchone()[0] == 6
+    con.execute("ROLLBACK")
+
+
+def test_scores_count_the_survey_once_with_the_same_satisfaction_as_two_sources(tmp_path):
+    path = tmp_path / "enquete.csv"
+    path.write_text(SURVEY_HEADER + SURVEY, encoding="utf-8")
+    results = {}
+    for label, sources in (("scores", None), ("two_sources", _two_sources(path))):
+        folder = tmp_path / label
+        folder.mkdir()
+        con = _base(folder)
+        con.execute("BEGIN")
+        p = _survey_params(path, sources)
+        collecter.collect(con, p)
+        results[label] = (collecter.collect_totals(con), collecter.satisfaction(con, p, "segment"))
+        con.execute("ROLLBACK")
+    assert results["two_sources"][0]["collected"] == 8   # every answer counted once per source
+    assert results["scores"][0]["collected"] == 4         # once
+    cols = ["group", "nps_n", "promoters", "detractors", "nps", "csat_n", "csat"]
+    pd.testing.assert_frame_equal(results["scores"][1][cols], results["two_sources"][1][cols])
+
+
+@pytest.mark.parametrize(("bad_line", "message", "column", "over"), [
+    ("R5,2025-05-05,web,a@b.fr,11,3\n", "note 11.0 hors de l'échelle nps", "nps", {}),
+    ("R5,2025-05-05,web,a@b.fr,7,0\n", "note 0.0 hors de l'échelle csat", "csat", {}),
+    ("R5,2025-05-05,web,a@b.fr,7,6\n", "note 6.0 hors de l'échelle csat", "csat", {}),
+    ("R5,2025-05-05,web,a@b.fr,-1,3\n", "note -1.0 hors de l'échelle nps", "nps", {}),
+    ("R5,2025-05-05,web,a@b.fr,7,bof\n", "score CSAT non numérique", "csat", {"collect_max_unparsable_share": 0.5}),
+    ("R5,2025-05-05,web,a@b.fr,7,bof\n", r"illisible\(s\) pour « scores\.csat »", "csat", {}),
+], ids=["nps-11", "csat-0", "csat-6", "nps-negatif", "csat-illisible", "csat-illisible-trop"])
+def test_scores_bad_values_name_file_column_and_row(tmp_path, bad_line, message, column, over):
+    path = tmp_path / "enquete.csv"
+    path.write_text(SURVEY_HEADER + SURVEY + bad_line, encoding="utf-8")
+    con = _base(tmp_path)
+    before = _snapshot(con)
+    con.execute("BEGIN")
+    with pytest.raises(InputError, match=message) as err:
+        collecter.collect(con, _survey_params(path, **over))
+    con.execute("ROLLBACK")
+    assert err.value.file == str(path)
+    assert err.value.column == column
+    assert err.value.row == 6  # header = line 1, R5 = line 6
+    assert "ligne 6" in str(err.value)
+    after = _snapshot(con)
+    for t, frame in before.items():
+        pd.testing.assert_frame_equal(after[t], frame, obj=t)
+
+
+def test_scores_bad_rows_rejeter_leaves_the_whole_answer_out(tmp_path):
+    path = tmp_path / "enquete.csv"
+    path.write_text(SURVEY_HEADER + SURVEY + "R5,2025-05-05,web,a@b.fr,11,3\nR6,2025-05-06,web,c@d.fr,7,bof\n",
+                    encoding="utf-8")
+    con = _base(tmp_path)
+    con.execute("BEGIN")
+    _, rejected = collecter.collect(con, _survey_params(path, bad_rows="rejeter", collect_max_unparsable_share=0.5))
+    ids = [r[0] for r in con.execute("SELECT interaction_id FROM interactions ORDER BY 1").fetchall()]
+    assert ids == ["R1", "R2", "R3", "R4"]
+    assert con.execute("SELECT count(*) FROM interaction_scores WHERE interaction_id IN ('R5', 'R6')").fetchone()[0] == 0
+    assert dict(zip(rejected["reason"], rejected["rows"], strict=True)) == {
+        "note 11.0 hors de l'échelle nps": 1, "valeur ignorée : score CSAT non numérique": 1}
+    con.execute("ROLLBACK")
+
+
+def _source(path: Path, columns: dict, **extra) -> dict:
+    return {"name": "enquete", "kind": "interactions", "path": str(path), "columns": columns, **extra}
+
+
+@pytest.mark.parametrize(("columns", "extra", "message"), [
+    ({**SURVEY_COLUMNS, "score": "nps"}, {"scores": {"csat": "csat"}}, "notes sous deux formes : « scores » et « score »"),
+    ({**SURVEY_COLUMNS, "score_type": "'nps'"}, {"scores": {"nps": "nps"}}, "deux formes : « scores » et « score_type »"),
+    (SURVEY_COLUMNS, {"scores": {"nsp": "nps"}}, "Type de note inconnu « nsp »"),
+    (SURVEY_COLUMNS, {"scores": {}}, "doit être un dictionnaire non vide"),
+    (SURVEY_COLUMNS, {"scores": {"nps": ""}}, "doit être un texte non vide"),
+    ({**SURVEY_COLUMNS, "score_nps": "nps"}, {}, "Colonne canonique inconnue « score_nps »"),
+], ids=["score-and-scores", "score_type-and-scores", "unknown-type", "empty", "empty-expression", "internal-name"])
+def test_scores_declaration_is_checked(tmp_path, columns, extra, message):
+    from crmlab.errors import ParamsError
+
+    path = tmp_path / "enquete.csv"
+    path.write_text(SURVEY_HEADER + SURVEY, encoding="utf-8")
+    with pytest.raises(ParamsError, match=message) as err:
+        collecter._check_sources([_source(path, columns, **extra)], "collecter.sources")
+    if "deux formes" in message:
+        assert "Gardez une seule forme" in str(err.value)
+    if "nsp" in message:
+        assert "nps" in err.value.hint
+
+
+def test_scores_only_for_interaction_sources(tmp_path):
+    from crmlab.errors import ParamsError
+    from crmlab.sources import validate_sources
+
+    path = tmp_path / "x.csv"
+    path.write_text("a,b\n1,2\n", encoding="utf-8")
+    with pytest.raises(ParamsError, match="réservé aux sources de contacts entrants"):
+        validate_sources([{"name": "x", "kind": "consents", "path": str(path), "scores": {"nps": "a"},
+                           "columns": {"customer_key": "a", "channel": "b", "opted_in": "b"}}], "alimenter.sources")
+
+
+@pytest.mark.parametrize(("points", "text"), [(-10.3, "-10"), (33.3, "+33"), (0.4, "0"), (-0.4, "0"), (100.0, "+100"),
+                                              (float("nan"), "–")],
+                         ids=["negative", "positive", "small-positive", "small-negative", "max", "missing"])
+def test_fr_nps_whole_signed_points(points, text):
+    assert collecter.fr_nps(points) == text
+
+
+def test_demo_survey_counted_once_and_satisfaction_matches_the_files(tiny_demo, tmp_path):
+    """The demo survey (NPS + CSAT per answer) is declared once: one contact per answer, scores as in the file."""
+    rp = tiny_demo.load(database=tmp_path / "db.duckdb")
+    p = dict(rp.for_step("04"), run_id="t04")
+    survey_src = [s for s in p["sources"] if s.get("scores")]
+    assert [s["name"] for s in survey_src] == ["enquete_satisfaction"]  # one source, both scores
+    assert set(survey_src[0]["scores"]) == {"nps", "csat"}
+    survey = pd.read_csv(tiny_demo.data_dir / "interactions" / "enquete_satisfaction.csv")
+    sav = pd.read_csv(tiny_demo.data_dir / "interactions" / "sav_tickets.csv")
+    con = db.connect(p["database"])
+    con.execute("BEGIN")
+    _, rejected = collecter.collect(con, p)
+    measures = collecter.collect_measures(con, rejected)
+    got = measures[measures["source"] == "enquete_satisfaction"]
+    assert int(got["collected"].sum()) == survey["response_id"].nunique() == len(survey)
+    n_all = con.execute("SELECT count(*) FROM interactions").fetchone()[0]
+    assert collecter.collect_totals(con)["collected"] == n_all
+    assert con.execute("SELECT count(*) FROM interactions WHERE source = 'enquete_satisfaction'").fetchone()[0] == len(survey)
+    # truth: the scores of the files, in the survey window before as_of
+    as_of = pd.Timestamp(p["as_of"])
+    start = as_of - pd.Timedelta(days=p["survey_recent_days"])
+    s = survey[(pd.to_datetime(survey["date"]) >= start) & (pd.to_datetime(survey["date"]) < as_of)]
+    t = sav[(pd.to_datetime(sav["opened_at"]) >= start) & (pd.to_datetime(sav["opened_at"]) < as_of)]
+    csat = pd.concat([s["csat"], t["satisfaction"]]).dropna()
+    sat = collecter.satisfaction(con, p, "segment").set_index("group").loc["Ensemble"]
+    assert sat["nps_n"] == len(s)
+    assert sat["nps"] == pytest.approx(((s["nps"] >= 9).sum() - (s["nps"] <= 6).sum()) / len(s))
+    assert sat["csat_n"] == len(csat)
+    assert sat["csat"] == pytest.approx((csat >= 4).mean())
+    collecter.check_output(con, p)
+    con.execute("ROLLBACK")

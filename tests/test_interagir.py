@@ -168,6 +168,19 @@ def test_alerts_value_drop_detractor_open_ticket(tmp_path):
     assert "ann@x.fr" not in shown.to_html() and "Ann" not in shown.to_html()
 
 
+def test_alerts_detractor_read_from_interaction_scores(tmp_path):
+    """A survey answer carrying several scores (interaction_scores) raises the detractor alert on its NPS."""
+    con = db.connect(":memory:")
+    con.execute("""INSERT INTO interactions (interaction_id, customer_id, ts) VALUES
+        ('s1', 'A', '2024-12-01'), ('s2', 'B', '2024-12-02'), ('s3', 'C', '2024-12-03')""")
+    con.execute("""INSERT INTO interaction_scores VALUES ('s1', 'nps', 4), ('s1', 'csat', 5),
+        ('s2', 'nps', 9), ('s2', 'csat', 1), ('s3', 'csat', 2)""")
+    con.execute("INSERT INTO customers (customer_id) VALUES ('A'), ('B'), ('C')")
+    a = interagir.alerts(con, _p(tmp_path, as_of="2025-01-02"))
+    assert a[["customer_id", "rule"]].values.tolist() == [["A", "detracteur"]]  # a low CSAT is not an NPS detractor
+    assert a.loc[0, "reason"] == "Note NPS 4/10 le 01/12/2024"
+
+
 @pytest.mark.slow
 def test_best_channel_per_segment_matches_demo_truth(tmp_path):
     """On the demo world, the best channel found per segment with enough data is the true best one.

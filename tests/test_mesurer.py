@@ -158,6 +158,54 @@ def test_executive_summary_is_computed_from_the_figures():
     assert "1 a coûté plus qu’elle n’a rapporté" in text
 
 
+def test_nps_shown_as_whole_points_in_scorecard_and_summary():
+    con = db.connect(":memory:")
+    # an earlier run stored the NPS as a share difference (unit "score"); the new one in points
+    kpi_rows(con, "old", "04", {"NPS": -0.142}, dt.datetime(2025, 1, 1), unit="score")
+    kpi_rows(con, "new", "04", {"NPS": -10.3}, dt.datetime(2025, 2, 1), unit="NPS")
+    card = mesurer.scorecard(con, {"NPS": 0}, run_id="new")
+    row = card.set_index("kpi").loc["NPS"]
+    assert row["value"] == pytest.approx(-10.3) and row["previous"] == pytest.approx(-14.2)
+    assert row["trend"] == "amélioration" and row["reached"] is False
+    shown = mesurer.scorecard_display(card).data.set_index("Indicateur").loc["NPS"]
+    assert (shown["Valeur"], shown["Précédente"], shown["Objectif"]) == ("-10", "-14", ">= 0")
+    text = " ".join(mesurer.executive_summary(card, pd.DataFrame()))
+    assert "NPS (-10 pour >= 0)" in text and "NPS (-14 → -10)" in text
+
+
+@pytest.mark.parametrize(("ctx", "expected", "absent"), [
+    ({"alerts": 0, "contacts_before": 0, "contacts_after": 5450, "snapshots": 1},
+     ["**Aucune alerte client** à l'étape 03, faute de données", "aucun contact entrant n'était encore collecté",
+      "un seul instantané de segments", "5 450 contacts collectés depuis"], ["en alerte"]),
+    ({"alerts": 0, "contacts_before": 900, "contacts_after": 0, "snapshots": 2},
+     ["**Aucune alerte client** à l'étape 03 : aucun client précieux en perte d'activité"], ["faute de données"]),
+    ({"alerts": 12, "contacts_before": 900, "contacts_after": 0, "snapshots": 1},
+     ["**12 client(s) en alerte** à l'étape 03", "exports/alertes.csv"], ["Aucune alerte"]),
+], ids=["zero-before-collection", "real-zero", "some"])
+def test_alerts_sentence_says_why_there_is_none(ctx, expected, absent):
+    text = mesurer.alerts_sentence(ctx).replace("\u202f", " ")
+    for part in expected:
+        assert part in text
+    for part in absent:
+        assert part not in text
+    assert mesurer.alerts_sentence(None) is None
+
+
+def test_alerts_context_reads_step_03_and_the_contacts_collected_after_it():
+    con = db.connect(":memory:")
+    kpi_rows(con, "r1", "03", {"alertes clients": 0.0}, dt.datetime(2025, 2, 1, 10, 0), unit="clients")
+    con.execute("""INSERT INTO ingestions (sha256, source, step, run_id, loaded_at) VALUES
+        ('h0', 'appels', '04', 'r0', '2025-01-01 09:00'),   -- an earlier run: seen by step 03
+        ('h1', 'enquete', '04', 'r1', '2025-02-01 10:00'),  -- step 04 of the same run, same second
+        ('h2', 'sav', '04', 'r2', '2025-02-02 10:00')""")   # a later run
+    con.execute("""INSERT INTO interactions (interaction_id, source, sha256) VALUES
+        ('a', 'appels', 'h0'), ('b', 'enquete', 'h1'), ('c', 'enquete', 'h1'), ('d', 'sav', 'h2')""")
+    con.execute("INSERT INTO segments (as_of, customer_id) VALUES ('2024-07-01', 'X'), ('2025-01-01', 'X'), ('2025-06-01', 'X')")
+    ctx = mesurer.alerts_context(con)
+    assert ctx == {"alerts": 0, "contacts_before": 1, "contacts_after": 3, "snapshots": 2}  # snapshots up to as_of 2025-01-01
+    assert mesurer.alerts_context(db.connect(":memory:")) is None
+
+
 # --------------------------------------------------------------------------- demo world
 
 

@@ -259,8 +259,13 @@ def test_select_steps_errors(spec, match):
         (42.0, "jours", "42\u00a0jours"),
         (float("nan"), "", "–"),
         (None, "share", "–"),
+        (-10.3, "NPS", "-10"),
+        (12.6, "NPS", "+13"),
+        (0.2, "NPS", "0"),
+        (959.6, "devise", "960\u00a0€"),
     ],
-    ids=["count", "share", "percent", "points", "money", "small-money", "float", "unit", "nan", "none"],
+    ids=["count", "share", "percent", "points", "money", "small-money", "float", "unit", "nan", "none",
+         "nps-negative", "nps-positive", "nps-zero", "run-currency"],
 )
 def test_format_kpi(value, unit, expected):
     assert report.format_kpi(value, unit) == expected

@@ -22,6 +22,15 @@ row (rule ``prospect``) and one ``customers`` row with ``is_prospect = TRUE``, s
 relinking (step 05) keeps them. A contact with neither (a name alone, a hidden number)
 stays anonymous (``customer_id`` NULL): it counts as collected, not as matched – a name
 alone is neither a safe match nor a way to reach the person.
+
+Scores. A source gives one score per row with ``score`` and ``score_type`` in its
+``columns``, or several with a ``scores`` mapping (``scores: {nps: ..., csat: ...}``, a
+survey answer carrying both): either way a row is **one** contact (one ``interactions``
+row, its person counted once) and every score it carries is one ``interaction_scores``
+row (``interaction_id, score_type, score``). ``interactions.score`` / ``score_type`` keep
+the score of a contact that has exactly one (NULL otherwise). Readers of the scores use
+:func:`scores_sql`, which also reads the scores of databases written before
+``interaction_scores`` existed.
 """
 
 from __future__ import annotations
@@ -38,8 +47,8 @@ from crmlab import uplift
 from crmlab.charts import fr_number, fr_percent
 from crmlab.db import check, now, register_frame
 from crmlab.errors import InputError, ParamsError
-from crmlab.params import Param
-from crmlab.sources import resolve_source_paths, validate_sources
+from crmlab.params import Param, closest
+from crmlab.sources import SCORE_PREFIX, resolve_source_paths, validate_sources, with_scores
 
 #: channels of inbound contacts (values after normalisation) and their accepted spellings
 CHANNEL_ALIASES = {
@@ -58,6 +67,8 @@ CHANNEL_LABELS = {"telephone": "téléphone", "email": "e-mail", "web": "web", "
 CONSENT_CHANNELS = ("email", "sms", "courrier", "telephone")
 #: allowed range of each score type
 SCORE_RANGES = {"nps": (0.0, 10.0), "csat": (1.0, 5.0), "ces": (1.0, 7.0)}
+#: unit of the NPS KPIs: the Net Promoter Score in points, from -100 to +100
+NPS_UNIT = "NPS"
 #: contact fields whose arrival counts as a data item brought
 CONTACT_FIELDS = ("email", "phone", "address", "postal_code", "city")
 FIELD_LABELS = {"email": "e-mail", "phone": "téléphone", "address": "adresse", "postal_code": "code postal", "city": "ville"}
@@ -74,11 +85,19 @@ def _check_sources(value, key):
         if src["kind"] != "interactions":
             raise ParamsError(f"La source « {src['name']} » de « {key} » est de type « {src['kind']} »",
                               hint="L'étape 04 ne lit que des sources de type interactions (kind: interactions)")
+        for t in src.get("scores") or {}:
+            if t not in SCORE_RANGES:
+                near = closest(t, list(SCORE_RANGES))
+                raise ParamsError(f"Type de note inconnu « {t} » dans « scores » de la source « {src['name']} »",
+                                  hint=(f"Vouliez-vous dire « {near} » ? " if near else "")
+                                  + "Types connus : " + ", ".join(SCORE_RANGES))
     return out
 
 
 PARAMS: dict[str, Param] = {
-    "sources": Param("list", [], "contacts entrants : nom, chemin, kind: interactions, correspondance des colonnes",
+    "sources": Param("list", [], "contacts entrants : nom, chemin, kind: interactions, correspondance des colonnes ; "
+                     "une note par ligne avec score et score_type dans columns, ou plusieurs avec scores: {nps: …, csat: …} "
+                     "(un seul contact par ligne)",
                      check=_check_sources, paths_in=resolve_source_paths),
     "keep_text": Param("bool", False, "conserver le texte libre des contacts (commentaires, messages) ; non par défaut (minimisation)"),
     "bad_rows": Param("str", "erreur", "ligne invalide (canal inconnu, note hors échelle, date manquante) : erreur (tout arrêter) ou rejeter (écarter et compter)",
@@ -111,11 +130,19 @@ def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _problems_sql(staged: str) -> str:
-    """Rows of a staged table that break a rule: row_number, reason, column."""
+def _problems_sql(staged: str, score_types: tuple[str, ...] = ()) -> str:
+    """Rows of a staged table that break a rule: row_number, sha256, reason, column.
+
+    ``score_types`` are the types of the source's ``scores`` (staged columns
+    ``score_<type>``), each checked against its scale; ``column`` is then ``score_<type>``.
+    """
     chan = _alias_sql("channel", CHANNEL_ALIASES)
     cons = _alias_sql("consent_channel", {c: CHANNEL_ALIASES[c] for c in CONSENT_CHANNELS})
     ranges = " ".join(f"WHEN {_lit(t)} THEN score < {lo} OR score > {hi}" for t, (lo, hi) in SCORE_RANGES.items())
+    multi = "".join(
+        f"""UNION ALL SELECT row_number, sha256, 'note ' || CAST({SCORE_PREFIX}{t} AS VARCHAR) || ' hors de l''échelle {t}',
+                   {_lit(SCORE_PREFIX + t)} FROM {staged} WHERE {SCORE_PREFIX}{t} < {lo} OR {SCORE_PREFIX}{t} > {hi}
+        """ for t in score_types for lo, hi in [SCORE_RANGES[t]])
     return f"""
         SELECT row_number, sha256, 'canal inconnu « ' || channel || ' »' AS reason, 'channel' AS col FROM {staged}
             WHERE {chan} IS NULL
@@ -127,17 +154,21 @@ def _problems_sql(staged: str) -> str:
             FROM {staged} WHERE score IS NOT NULL AND (CASE lower(trim(score_type)) {ranges} ELSE false END)
         UNION ALL SELECT row_number, sha256, 'canal de consentement inconnu « ' || consent_channel || ' »', 'consent_channel'
             FROM {staged} WHERE consent_channel IS NOT NULL AND consent_opted_in IS NOT NULL AND {cons} IS NULL
-    """
+        {multi}"""
 
 
 def load_inbound(con: duckdb.DuckDBPyConnection, p: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Load every source into the TEMP table ``_col_new`` (checked, channels normalised).
 
     Rows whose date or channel is missing or unreadable (rejected by the loader), whose
-    channel or consent channel is unknown, or whose score is out of its scale raise
-    :class:`InputError` naming the file, column and row (``bad_rows: erreur``) or are
-    left out and counted (``bad_rows: rejeter``). An interaction id already collected is
-    skipped (``déjà collecté``).
+    channel or consent channel is unknown, or whose score (any of ``scores``) is
+    unreadable or out of its scale raise :class:`InputError` naming the file, column and
+    row (``bad_rows: erreur``) or are left out and counted (``bad_rows: rejeter``). An
+    interaction id already collected is skipped (``déjà collecté``).
+
+    ``_col_new`` has the :data:`COLUMNS` of ``interactions`` plus ``customer_key``,
+    ``customer_source`` and ``scores`` (list of ``{score_type, score}``, every score of
+    the row; ``score`` / ``score_type`` hold it when there is exactly one).
 
     Returns
     -------
@@ -149,35 +180,39 @@ def load_inbound(con: duckdb.DuckDBPyConnection, p: dict) -> tuple[pd.DataFrame,
 
     strict = p["bad_rows"] == "erreur"
     con.execute(f"CREATE OR REPLACE TEMP TABLE _col_new AS SELECT {', '.join(_null_cols())}, "
-                "CAST(NULL AS VARCHAR) AS customer_key, CAST(NULL AS VARCHAR) AS customer_source WHERE false")
+                "CAST(NULL AS VARCHAR) AS customer_key, CAST(NULL AS VARCHAR) AS customer_source, "
+                f"CAST(NULL AS {_SCORES_TYPE}) AS scores WHERE false")
     files, rejected = [], []
     for source in p["sources"]:
         source = {"max_unparsable_share": p["collect_max_unparsable_share"], **source}
-        name, cols = source["name"], source["columns"]
+        name, cols = source["name"], with_scores(source)["columns"]  # messages name the file's column
+        types = tuple(source.get("scores") or {})
         res = load_source(con, source, run_id=p["run_id"], step="04")
         paths = {f.sha256: f.path for f in res.files}
         # rows the loader rejected (missing / unreadable date or channel) and score warnings
-        bad = con.execute("""SELECT path, row_number, reason, column_name FROM rejects
+        bad = con.execute("""SELECT path, row_number, reason, column_name, sha256 FROM rejects
                              WHERE source = ? AND sha256 IN (SELECT UNNEST(?::VARCHAR[]))
                                AND (reason NOT LIKE 'valeur ignorée%' OR reason LIKE '%score%' OR reason LIKE '%consentement%')
                              ORDER BY path, row_number""",
                           [name, [f.sha256 for f in res.files if not f.skipped]]).fetchall()
         if bad and strict:
-            path, row, reason, col = bad[0]
+            path, row, reason, col, _sha = bad[0]
             raise InputError(f"Source « {name} » : {reason} ({len(bad)} ligne(s) en tout)", file=path, column=col, row=row,
                              hint="Corrigez le fichier, ou écrivez collecter.bad_rows: rejeter pour écarter ces lignes en les comptant")
         staged = res.staged
-        problems = con.execute(f"SELECT * FROM ({_problems_sql(staged)}) ORDER BY sha256, row_number").fetchall()
+        problems = con.execute(f"SELECT * FROM ({_problems_sql(staged, types)}) ORDER BY sha256, row_number").fetchall()
         if problems and strict:
             row, sha, reason, col = problems[0]
             raise InputError(f"Source « {name} » : {reason} ({len(problems)} ligne(s) en tout)", file=paths.get(sha),
                              column=cols.get(col, col), row=row,
                              hint=_hint(col) + " ; ou écrivez collecter.bad_rows: rejeter pour écarter ces lignes en les comptant")
-        for path, _row, reason, _col in bad:
+        for path, _row, reason, _col, _sha in bad:
             rejected.append({"source": name, "file": os.path.basename(path), "reason": reason})
         for _row, sha, reason, _col in problems:
             rejected.append({"source": name, "file": os.path.basename(paths.get(sha, "")), "reason": reason})
-        bad_rows = pd.DataFrame([(r[0], r[1]) for r in problems], columns=["row_number", "sha256"])
+        # left out: rows breaking a rule, and rows whose score or consent the loader could not read
+        bad_rows = pd.DataFrame([(r[0], r[1]) for r in problems] + [(r[1], r[4]) for r in bad],
+                                columns=["row_number", "sha256"]).drop_duplicates()
         register_frame(con, "_col_bad", bad_rows)
         try:
             iid = "coalesce(s.interaction_id, s.source || ':' || left(s.sha256, 12) || ':' || CAST(s.row_number AS VARCHAR))"
@@ -188,13 +223,15 @@ def load_inbound(con: duckdb.DuckDBPyConnection, p: dict) -> tuple[pd.DataFrame,
             con.execute(f"""
                 INSERT INTO _col_new
                 SELECT {iid} AS interaction_id, NULL AS customer_id, s.source, {iid} AS source_key,
-                       {_alias_sql('s.channel', CHANNEL_ALIASES)} AS channel, s.kind, s.ts, s.operation, s.score,
-                       lower(trim(s.score_type)) AS score_type, s.first_name, s.last_name, s.email, s.phone, s.address,
-                       s.postal_code, s.city,
+                       {_alias_sql('s.channel', CHANNEL_ALIASES)} AS channel, s.kind, s.ts, s.operation,
+                       CASE WHEN len(s._scores) = 1 THEN s._scores[1].score END AS score,
+                       CASE WHEN len(s._scores) = 1 THEN s._scores[1].score_type END AS score_type,
+                       s.first_name, s.last_name, s.email, s.phone, s.address, s.postal_code, s.city,
                        {_alias_sql('s.consent_channel', {c: CHANNEL_ALIASES[c] for c in CONSENT_CHANNELS})} AS consent_channel,
                        s.consent_opted_in, s.status, {text} AS text, s.sha256, s.row_number,
-                       s.customer_key, ? AS customer_source
-                FROM {staged} s ANTI JOIN _col_bad b ON b.row_number = s.row_number AND b.sha256 = s.sha256
+                       s.customer_key, ? AS customer_source, s._scores AS scores
+                FROM (SELECT *, {_scores_list_sql(types)} AS _scores FROM {staged}) s
+                ANTI JOIN _col_bad b ON b.row_number = s.row_number AND b.sha256 = s.sha256
                 WHERE {iid} NOT IN (SELECT interaction_id FROM interactions)
                 QUALIFY row_number() OVER (PARTITION BY {iid} ORDER BY s.row_number) = 1
             """, [source.get("customer_source")])
@@ -209,7 +246,25 @@ def load_inbound(con: duckdb.DuckDBPyConnection, p: dict) -> tuple[pd.DataFrame,
     return files, rej
 
 
+_SCORES_TYPE = "STRUCT(score_type VARCHAR, score DOUBLE)[]"
+
+
+def _scores_list_sql(score_types: tuple[str, ...]) -> str:
+    """Return the SQL list of the scores of a staged row (``{score_type, score}``, NULL scores left out).
+
+    With ``score_types`` (the source's ``scores``) one item per non-NULL ``score_<type>``;
+    without, the single ``score`` / ``score_type`` pair of ``columns``.
+    """
+    if score_types:
+        items = ", ".join(f"struct_pack(score_type := {_lit(t)}, score := {SCORE_PREFIX}{t})" for t in score_types)
+        return f"CAST(list_filter([{items}], x -> x.score IS NOT NULL) AS {_SCORES_TYPE})"
+    return (f"CAST(CASE WHEN score IS NOT NULL THEN [struct_pack(score_type := lower(trim(score_type)), score := score)] "
+            f"ELSE [] END AS {_SCORES_TYPE})")
+
+
 def _hint(col: str) -> str:
+    if col.startswith(SCORE_PREFIX) and col != "score_type":
+        col = "score"
     return {
         "channel": "Canaux reconnus : " + ", ".join(CHANNEL_ALIASES),
         "score": "Échelles : NPS de 0 à 10, CSAT de 1 à 5, CES de 1 à 7",
@@ -352,13 +407,18 @@ def _clusters(unknown: pd.DataFrame) -> np.ndarray:
 
 
 def write(con: duckdb.DuckDBPyConnection, p: dict) -> None:
-    """Write ``_col_matched`` to ``interactions``, the fields brought to ``contact_history`` and consents to ``consents``.
+    """Write ``_col_matched`` to ``interactions`` (its scores to ``interaction_scores``), fields brought and consents.
+
+    Fields brought go to ``contact_history``, consent changes to ``consents``.
 
     A data item is a contact field (e-mail, phone, address, postal code, city) of the
     contact that the customer's records did not have (``new``) or had with another value
     (``changed``, compared after normalisation with every record of the customer).
     """
     con.execute(f"INSERT INTO interactions ({', '.join(COLUMNS)}) SELECT {', '.join(COLUMNS)} FROM _col_matched")
+    con.execute("""INSERT INTO interaction_scores (interaction_id, score_type, score)
+                   SELECT interaction_id, x.score_type, x.score FROM (SELECT interaction_id, UNNEST(scores) AS x FROM _col_matched)
+                   ORDER BY interaction_id, x.score_type""")
     con.execute("""
         CREATE OR REPLACE TEMP TABLE _col_items AS
         WITH n AS (
@@ -530,6 +590,19 @@ def rejected_display(rejected: pd.DataFrame):
 # --------------------------------------------------------------------------- satisfaction
 
 
+def scores_sql() -> str:
+    """Return the SQL subquery of every score: ``interaction_id, score_type, score``, one row per score.
+
+    Reads ``interaction_scores``, plus ``interactions.score`` / ``score_type`` of the
+    contacts absent from it (databases written before ``interaction_scores`` existed).
+    """
+    return """(SELECT interaction_id, score_type, score FROM interaction_scores
+               UNION ALL
+               SELECT i.interaction_id, lower(trim(i.score_type)) AS score_type, i.score
+               FROM interactions i ANTI JOIN interaction_scores s ON s.interaction_id = i.interaction_id
+               WHERE i.score IS NOT NULL)"""
+
+
 def nps_interval(promoters: float, detractors: float, n: float, level: float = 0.95) -> tuple[float, float, float]:
     """Net Promoter Score (share of promoters − share of detractors, −1..1) and its normal interval.
 
@@ -547,8 +620,9 @@ def nps_interval(promoters: float, detractors: float, n: float, level: float = 0
 def satisfaction(con: duckdb.DuckDBPyConnection, p: dict, by: str = "segment") -> pd.DataFrame:
     """NPS and CSAT per segment or per channel, with 95 % intervals and counts.
 
-    Uses every interaction of the database (not only this step's) with a score, in the
-    ``survey_recent_days`` days before ``as_of``. The segment is the customer's
+    Uses every score of the database (:func:`scores_sql`, not only this step's
+    contacts), of contacts in the ``survey_recent_days`` days before ``as_of``: a contact
+    carrying an NPS and a CSAT counts once in each. The segment is the customer's
     ``rfm_segment`` in the latest ``segments`` snapshot not after ``as_of``; prospects are
     « Prospects », customers without a segment « Non segmentés », anonymous answers
     « Anonymes ».
@@ -566,10 +640,11 @@ def satisfaction(con: duckdb.DuckDBPyConnection, p: dict, by: str = "segment") -
                                  ELSE coalesce(s.rfm_segment, 'Non segmentés') END""",
              "channel": "i.channel"}[by]
     frame = con.execute(f"""
-        SELECT {group} AS grp, i.score_type, i.score
-        FROM interactions i LEFT JOIN customers c USING (customer_id)
+        SELECT {group} AS grp, sc.score_type, sc.score
+        FROM interactions i JOIN {scores_sql()} sc ON sc.interaction_id = i.interaction_id
+        LEFT JOIN customers c ON c.customer_id = i.customer_id
         LEFT JOIN segments s ON s.customer_id = i.customer_id AND s.as_of = ?
-        WHERE i.score IS NOT NULL AND i.score_type IN ('nps', 'csat')
+        WHERE sc.score_type IN ('nps', 'csat')
           AND i.ts < CAST(? AS DATE) AND i.ts >= CAST(? AS DATE) - to_days(CAST(? AS INTEGER))
     """, [snap, as_of, as_of, p["survey_recent_days"]]).df()
     rows = []
@@ -603,10 +678,17 @@ def satisfaction_display(t: pd.DataFrame, label: str = "Segment"):
                          "csat_n": "Réponses CSAT", "csat": "CSAT (4–5 sur 5)", "csat_ci": "IC 95 % ", "note": "Lecture"})
 
 
-def _nps(v: float) -> str:
-    if v != v:
+def fr_nps(points: float | None) -> str:
+    """Format an NPS given in points (−100..+100) as a signed whole score: « +12 », « -10 », « 0 » (« – » if missing)."""
+    if points is None or points != points:
         return "–"
-    return ("+" if v > 0 else "") + fr_number(100 * v, 0)
+    r = int(round(float(points)))
+    return f"+{r}" if r > 0 else str(r)
+
+
+def _nps(v: float) -> str:
+    """Format an NPS given as a difference of shares (−1..1) in points (see :func:`fr_nps`)."""
+    return fr_nps(100 * v)
 
 
 def satisfaction_chart(t: pd.DataFrame):
@@ -657,15 +739,22 @@ def findings(measures: pd.DataFrame, totals: dict, sat: pd.DataFrame) -> list[st
 
 
 def kpis(measures: pd.DataFrame, totals: dict, sat_segment: pd.DataFrame, sat_channel: pd.DataFrame) -> pd.DataFrame:
-    """Step 04 KPIs: four headline ones (``dimension = ''``) and details per operation / channel / segment."""
+    """Step 04 KPIs: four headline ones (``dimension = ''``) and details per operation / channel / segment.
+
+    Returns
+    -------
+    DataFrame
+        ``kpi, dimension, value, unit``. NPS values are in points, −100..+100 (unit
+        :data:`NPS_UNIT`); CSAT and rates are shares 0–1 (unit ``part``).
+    """
     tot = totals
     all_ = sat_segment[sat_segment["group"] == "Ensemble"]
-    nps = float(all_.iloc[0]["nps"]) if len(all_) else np.nan
+    nps = 100 * float(all_.iloc[0]["nps"]) if len(all_) else np.nan
     rows = [
         {"kpi": "contacts collectés", "dimension": "", "value": float(tot["collected"]), "unit": "contacts"},
         {"kpi": "taux de rapprochement", "dimension": "", "value": tot["matched"] / tot["collected"] if tot["collected"] else np.nan, "unit": "part"},
         {"kpi": "nouveaux prospects", "dimension": "", "value": float(tot["new_prospects"]), "unit": "personnes"},
-        {"kpi": "NPS", "dimension": "", "value": nps, "unit": "score"},
+        {"kpi": "NPS", "dimension": "", "value": nps, "unit": NPS_UNIT},
         {"kpi": "données apportées", "dimension": "total", "value": float(tot["data_items"]), "unit": "champs"},
     ]
     for r in measures.itertuples(index=False):
@@ -676,11 +765,11 @@ def kpis(measures: pd.DataFrame, totals: dict, sat_segment: pd.DataFrame, sat_ch
             rows.append({"kpi": k, "dimension": dim, "value": float(getattr(r, col)), "unit": unit})
     for r in sat_segment.itertuples(index=False):
         if r.group != "Ensemble":
-            rows.append({"kpi": "NPS", "dimension": f"segment={r.group}", "value": r.nps, "unit": "score"})
+            rows.append({"kpi": "NPS", "dimension": f"segment={r.group}", "value": 100 * r.nps, "unit": NPS_UNIT})
             rows.append({"kpi": "CSAT", "dimension": f"segment={r.group}", "value": r.csat, "unit": "part"})
     for r in sat_channel.itertuples(index=False):
         if r.group != "Ensemble":
-            rows.append({"kpi": "NPS", "dimension": f"canal={r.group}", "value": r.nps, "unit": "score"})
+            rows.append({"kpi": "NPS", "dimension": f"canal={r.group}", "value": 100 * r.nps, "unit": NPS_UNIT})
     return pd.DataFrame(rows, columns=["kpi", "dimension", "value", "unit"])
 
 
@@ -689,7 +778,7 @@ def kpis_table(k: pd.DataFrame):
     from crmlab.display import table
 
     head = k[k["dimension"] == ""].copy()
-    head["Valeur"] = [fr_percent(v) if u == "part" else (_nps(v) if u == "score" else fr_number(v))
+    head["Valeur"] = [fr_percent(v) if u == "part" else (fr_nps(v) if u == NPS_UNIT else fr_number(v))
                       for v, u in zip(head["value"], head["unit"], strict=True)]
     return table(head[["kpi", "Valeur"]].rename(columns={"kpi": "Indicateur"}))
 
@@ -700,7 +789,11 @@ def check_output(con: duckdb.DuckDBPyConnection, p: dict) -> None:
     check(con, """SELECT i.interaction_id FROM interactions i ANTI JOIN customers c USING (customer_id)
                   WHERE i.customer_id IS NOT NULL""", "chaque contact rattaché pointe vers un client existant")
     ranges = " OR ".join(f"(score_type = '{t}' AND (score < {lo} OR score > {hi}))" for t, (lo, hi) in SCORE_RANGES.items())
-    check(con, f"SELECT interaction_id FROM interactions WHERE {ranges}", "chaque note dans son échelle")
+    check(con, f"SELECT interaction_id FROM {scores_sql()} WHERE {ranges}", "chaque note dans son échelle")
+    check(con, "SELECT s.interaction_id FROM interaction_scores s ANTI JOIN interactions i USING (interaction_id)",
+          "chaque note appartient à un contact")
+    check(con, "SELECT interaction_id, score_type FROM interaction_scores GROUP BY 1, 2 HAVING count(*) > 1",
+          "une seule note de chaque type par contact")
     check(con, """SELECT s.source, s.source_key FROM source_customers s ANTI JOIN customer_links l
                   ON l.source = s.source AND l.source_key = s.source_key""", "chaque fiche (prospects compris) rattachée à un client")
     check(con, "SELECT customer_id FROM customers GROUP BY 1 HAVING count(*) > 1", "identifiant client unique")

@@ -27,7 +27,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from crmlab import exports, rfm, uplift
+from crmlab import collecter, exports, rfm, uplift
 from crmlab.charts import fr_money, fr_number, fr_percent
 from crmlab.db import check, now, register_frame
 from crmlab.errors import InputError, ParamsError
@@ -678,7 +678,7 @@ def alerts(con: duckdb.DuckDBPyConnection, p: dict) -> pd.DataFrame:
       and ``p_alive`` down by at least ``alert_p_alive_drop`` since the previous
       ``segments`` snapshot (needs two snapshots);
     * **détracteur récent** – an NPS answer ≤ ``alert_detractor_max`` in the last
-      ``alert_survey_days`` days (``interactions`` with ``score_type = 'nps'``);
+      ``alert_survey_days`` days (an ``nps`` score of :func:`crmlab.collecter.scores_sql`);
     * **ticket ouvert** – an interaction whose ``status`` is still open (after-sales).
 
     Returns
@@ -704,13 +704,13 @@ def alerts(con: duckdb.DuckDBPyConnection, p: dict) -> pd.DataFrame:
             FROM now_ n JOIN prev p USING (customer_id), q
             WHERE n.clv >= q.v AND p.p_alive - n.p_alive >= ?
         """, [snaps[0], snaps[1], p["alert_clv_quantile"], p["alert_p_alive_drop"]]).df())
-    parts.append(con.execute("""
+    parts.append(con.execute(f"""
         SELECT i.customer_id, 'detracteur' AS rule,
-               'Note NPS ' || CAST(CAST(min(i.score) AS BIGINT) AS VARCHAR) || '/10 le ' || strftime(max(i.ts), '%d/%m/%Y') AS reason,
+               'Note NPS ' || CAST(CAST(min(s.score) AS BIGINT) AS VARCHAR) || '/10 le ' || strftime(max(i.ts), '%d/%m/%Y') AS reason,
                'Rappeler sous 48 h pour comprendre et réparer l''insatisfaction' AS action,
                NULL::DOUBLE AS clv, 2 AS priority, max(i.ts) AS ts
-        FROM interactions i
-        WHERE i.customer_id IS NOT NULL AND lower(i.score_type) = 'nps' AND i.score <= ?
+        FROM interactions i JOIN {collecter.scores_sql()} s ON s.interaction_id = i.interaction_id
+        WHERE i.customer_id IS NOT NULL AND s.score_type = 'nps' AND s.score <= ?
           AND i.ts >= CAST(? AS DATE) - to_days(CAST(? AS INTEGER)) AND i.ts < CAST(? AS DATE)
         GROUP BY i.customer_id
     """, [p["alert_detractor_max"], as_of, p["alert_survey_days"], as_of]).df())

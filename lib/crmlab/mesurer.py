@@ -19,6 +19,7 @@ import pandas as pd
 
 from crmlab import uplift
 from crmlab.charts import fr_money, fr_number, fr_percent
+from crmlab.collecter import NPS_UNIT, fr_nps
 from crmlab.db import check
 from crmlab.errors import ParamsError
 from crmlab.params import Param
@@ -82,7 +83,8 @@ def reached(value: float, op: str, threshold: float) -> bool | None:
 
 
 PARAMS: dict[str, Param] = {
-    "targets": Param("dict", {}, "objectifs : indicateur → seuil (nombre = au moins ; \"<= 0.05\" = au plus) ; clé « NN:indicateur » pour viser une étape",
+    "targets": Param("dict", {}, "objectifs : indicateur → seuil (nombre = au moins ; \"<= 0.05\" = au plus ; le NPS en points, "
+                     "de -100 à +100) ; clé « NN:indicateur » pour viser une étape",
                      check=_check_targets),
     "margin_rate": Param("float", 0.30, "taux de marge appliqué au chiffre d'affaires incrémental des campagnes", min=0.0, max=1.0),
     "response_window_days": Param("int", 30, "fenêtre de réponse d'une campagne sans date de fin (jours après le début)", min=1, max=365),
@@ -542,11 +544,16 @@ def kpi_history(con: duckdb.DuckDBPyConnection, n_runs: int = 5) -> pd.DataFrame
     -------
     DataFrame
         ``step, run_id, kpi, value, unit, as_of, recorded_at, rank`` (rank 1 = latest run of the step).
+        An NPS stored by earlier versions as a share difference (unit ``score``, −1..1) is
+        converted to points (unit :data:`crmlab.collecter.NPS_UNIT`, −100..+100), so runs compare.
     """
-    return con.execute("""
+    return con.execute(f"""
         WITH r AS (SELECT step, run_id, max(recorded_at) AS t FROM kpis GROUP BY 1, 2),
         rr AS (SELECT *, row_number() OVER (PARTITION BY step ORDER BY t DESC, run_id DESC) AS rank FROM r)
-        SELECT k.step, k.run_id, k.kpi, k.value, k.unit, k.as_of, rr.t AS recorded_at, rr.rank
+        SELECT k.step, k.run_id, k.kpi,
+               CASE WHEN k.kpi = 'NPS' AND k.unit = 'score' THEN 100 * k.value ELSE k.value END AS value,
+               CASE WHEN k.kpi = 'NPS' AND k.unit = 'score' THEN '{NPS_UNIT}' ELSE k.unit END AS unit,
+               k.as_of, rr.t AS recorded_at, rr.rank
         FROM kpis k JOIN rr USING (step, run_id)
         WHERE coalesce(k.dimension, '') = '' AND rr.rank <= ?
         ORDER BY k.step, rr.rank, k.kpi
@@ -667,8 +674,8 @@ def _fmt(v: float, unit: str, currency: str = "EUR") -> str:
         return fr_percent(v / 100)
     if unit in ("devise", "EUR", "USD", "GBP", "CHF"):
         return fr_money(v, currency if unit == "devise" else unit)
-    if unit == "score":
-        return fr_number(v, 1)
+    if unit == NPS_UNIT:
+        return fr_nps(v)
     return fr_number(v, 0 if abs(v) >= 100 or float(v).is_integer() else 2)
 
 
@@ -714,8 +721,66 @@ def own_kpis(results: pd.DataFrame, card: pd.DataFrame | None = None) -> pd.Data
 # --------------------------------------------------------------------------- executive summary
 
 
+def alerts_context(con: duckdb.DuckDBPyConnection) -> dict | None:
+    """Tell what the alert count of step 03's latest run rested on.
+
+    In the chain, step 03 runs before step 04 collects the inbound contacts: on a first
+    run it has no survey answer or after-sales ticket to read, and with a single segment
+    snapshot no drop of ``p_alive`` to see, so its zero alerts is a real but expected zero.
+
+    Returns
+    -------
+    dict or None
+        ``alerts`` (customers alerted), ``contacts_before`` (inbound contacts in the
+        database when step 03 ran), ``contacts_after`` (collected since: step 04 of the same
+        run or later), ``snapshots`` (segment snapshots up to step 03's ``as_of``); ``None``
+        when step 03 never recorded its alerts.
+    """
+    rid = _latest_run(con, "03")
+    if rid is None:
+        return None
+    row = con.execute("""SELECT value, recorded_at, as_of FROM kpis WHERE step = '03' AND run_id = ?
+                         AND kpi = 'alertes clients' AND coalesce(dimension, '') = ''""", [rid]).fetchone()
+    if row is None:
+        return None
+    value, at, as_of = row
+    before, after = con.execute("""
+        SELECT count(*) FILTER (WHERE NOT coalesce(g.after, false)), count(*) FILTER (WHERE g.after)
+        FROM interactions i LEFT JOIN (
+            SELECT sha256, source, bool_or((run_id = ? AND step = '04') OR loaded_at > ?) AS after
+            FROM ingestions GROUP BY ALL) g ON g.sha256 = i.sha256 AND g.source = i.source
+    """, [rid, at]).fetchone()
+    snaps = con.execute("SELECT count(DISTINCT as_of) FROM segments WHERE ? IS NULL OR as_of <= ?", [as_of, as_of]).fetchone()[0]
+    return {"alerts": int(value) if value == value else 0, "contacts_before": int(before), "contacts_after": int(after),
+            "snapshots": int(snaps)}
+
+
+def alerts_sentence(ctx: dict | None) -> str | None:
+    """French sentence on step 03's alerts (see :func:`alerts_context`); ``None`` without context."""
+    if ctx is None:
+        return None
+    n = ctx["alerts"]
+    if n:
+        return (f"**{fr_number(n)} client(s) en alerte** à l'étape 03 (valeur en danger, détracteur récent, ticket SAV "
+                "ouvert) : la liste complète est transmise au service client (exports/alertes.csv).")
+    missing = []
+    if ctx["contacts_before"] == 0:
+        missing.append("aucun contact entrant n'était encore collecté (l'étape 04 vient après), donc ni réponse d'enquête "
+                       "ni ticket SAV à lire")
+    if ctx["snapshots"] < 2:
+        missing.append("un seul instantané de segments existait, or une baisse de probabilité d'activité se mesure entre deux")
+    if not missing:
+        return ("**Aucune alerte client** à l'étape 03 : aucun client précieux en perte d'activité, aucun détracteur "
+                "récent, aucun ticket SAV ouvert.")
+    text = "**Aucune alerte client** à l'étape 03, faute de données pour les déclencher : " + " ; ".join(missing) + "."
+    if ctx["contacts_after"]:
+        text += (f" Les {fr_number(ctx['contacts_after'])} contacts collectés depuis (étape 04) seront lus à la prochaine "
+                 "exécution de l'étape 03.")
+    return text
+
+
 def executive_summary(card: pd.DataFrame, results: pd.DataFrame, evo: dict | None = None,
-                      fill: pd.DataFrame | None = None, currency: str = "EUR") -> list[str]:
+                      fill: pd.DataFrame | None = None, currency: str = "EUR", alerts: dict | None = None) -> list[str]:
     """Write the French executive summary, computed from the figures.
 
     Parameters
@@ -728,12 +793,15 @@ def executive_summary(card: pd.DataFrame, results: pd.DataFrame, evo: dict | Non
         :func:`segment_evolution`.
     fill : DataFrame, optional
         ``field, before, after`` fill rates of the last feed (step 05).
+    alerts : dict, optional
+        :func:`alerts_context`.
 
     Returns
     -------
     list of str
         Sentences: targets reached, what improved, what degraded, which plan paid, how the
-        segments moved, what the last feed brought.
+        segments moved, what the last feed brought, the customer alerts of step 03 (and why
+        there are none, when there are none).
     """
     out = []
     tg = card[card["reached"].notna()]
@@ -795,6 +863,9 @@ def executive_summary(card: pd.DataFrame, results: pd.DataFrame, evo: dict | Non
         out.append(f"Segments du {_fr_date(evo['date_before'])} au {_fr_date(evo['date_after'])} : **{up['segment']}** gagne "
                    f"{up['change']:+d} clients, **{down['segment']}** en perd {abs(int(down['change']))} ; "
                    f"{fr_percent(evo['moved_share'], 0)} des clients ont changé de segment.")
+    sentence = alerts_sentence(alerts)
+    if sentence:
+        out.append(sentence)
     return out
 
 

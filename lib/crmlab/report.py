@@ -182,7 +182,8 @@ def format_kpi(value: float | None, unit: str | None, currency: str = "EUR") -> 
 
     Units understood: ``share`` / ``part`` / ``ratio`` (0–1, shown as %), ``%`` (already
     a percentage), ``pp`` / ``pt`` (difference of shares, percentage points), a currency
-    code or symbol (``EUR``, ``€`` …, or ``money``), ``s`` (seconds), ``days`` / ``jours``;
+    code or symbol (``EUR``, ``€`` …, or ``money`` / ``devise`` for the run's currency), ``NPS`` (points −100..+100, shown as a
+    signed whole score), ``s`` (seconds), ``days`` / ``jours``;
     anything else is appended after the number. Integers are shown without decimals.
     """
     if value is None or value != value:
@@ -195,8 +196,11 @@ def format_kpi(value: float | None, unit: str | None, currency: str = "EUR") -> 
         return f"{fr_number(value, 1)}\u00a0%"
     if low in ("pp", "pt", "pts", "points"):
         return f"{'+' if value > 0 else ''}{fr_number(100 * value, 1)}\u00a0pt"
-    if low in ("money", "eur", "€", "usd", "$", "gbp", "£", "chf"):
-        code = {"money": currency, "€": "EUR", "$": "USD", "£": "GBP"}.get(low, unit.upper())
+    if low == "nps":  # Net Promoter Score in points, a signed whole score from -100 to +100
+        r = int(round(value))
+        return f"+{r}" if r > 0 else str(r)
+    if low in ("money", "devise", "eur", "€", "usd", "$", "gbp", "£", "chf"):
+        code = {"money": currency, "devise": currency, "€": "EUR", "$": "USD", "£": "GBP"}.get(low, unit.upper())
         return fr_money(value, code, 0 if abs(value) >= 100 else 2)
     decimals = 0 if float(value).is_integer() else (1 if abs(value) >= 10 else 2)
     text = fr_number(value, decimals)

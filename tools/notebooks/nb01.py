@@ -121,7 +121,7 @@ CELLS = [
     code(
         """
         view = constituer.build_customer_view(con, p)
-        show.bullets(constituer.view_findings(view))
+        display(show.bullets(constituer.view_findings(view)))
         display(constituer.rules_table(view))
         """
     ),

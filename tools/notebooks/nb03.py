@@ -165,7 +165,7 @@ CELLS = [
         """
         alert_list = interagir.alerts(con, p)
         display(interagir.alerts_display(alert_list, 15, p.currency))
-        show.bullets(interagir.alert_findings(alert_list, con))
+        display(show.bullets(interagir.alert_findings(alert_list, con)))
         show.callout(interagir.export_alerts(alert_list, p))
         """
     ),

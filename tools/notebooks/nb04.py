@@ -53,7 +53,10 @@ CELLS = [
 
         Chaque fichier est décrit dans les paramètres par une **correspondance de colonnes** vers
         les champs communs (canal, nature, date, opération, note, coordonnées, consentement). Une
-        ligne invalide (canal inconnu, note hors échelle, date manquante) arrête l'étape avec un
+        enquête dont chaque réponse porte plusieurs notes (ici NPS et CSAT) est déclarée **une seule
+        fois**, avec `scores: {nps: …, csat: …}` : une réponse est un seul contact (la personne n'est
+        comptée qu'une fois) et chacune de ses notes compte dans son indicateur. Une
+        ligne invalide (canal inconnu, note illisible ou hors échelle, date manquante) arrête l'étape avec un
         message qui nomme le fichier, la colonne et la ligne — ou, avec `bad_rows: rejeter`, est
         écartée et comptée.
 

@@ -59,14 +59,16 @@ CELLS = [
         d'action qui a payé.
     """),
     code("""
-        show.bullets(mesurer.executive_summary(card, results, evolution, fill, currency=p.currency))
+        show.bullets(mesurer.executive_summary(card, results, evolution, fill, currency=p.currency,
+                                               alerts=mesurer.alerts_context(con)))
     """),
     md("""
         ## Tableau de bord des cinq mesures
 
         Chaque ligne est un indicateur clé d'une étape, tel qu'il a été mesuré lors de sa dernière
         exécution. « Atteint » compare la valeur à l'objectif fixé dans les paramètres ; la tendance la
-        compare à l'exécution précédente (une amélioration va dans le sens de l'objectif).
+        compare à l'exécution précédente (une amélioration va dans le sens de l'objectif). Le NPS se
+        lit en points, de -100 à +100 (part des promoteurs moins part des détracteurs).
     """),
     code("""
         display(mesurer.scorecard_display(card, p.currency))
