@@ -59,3 +59,30 @@ def test_check_names_the_rule_and_examples():
     with pytest.raises(CheckError, match="identifiant client unique"):
         db.check(con, "SELECT customer_id FROM customers GROUP BY 1 HAVING count(*) > 1", "identifiant client unique")
     db.check(con, "SELECT customer_id FROM customers WHERE customer_id IS NULL", "pas de client sans identifiant")
+
+
+def test_memory_limit_auto_is_half_the_ram_capped(monkeypatch):
+    monkeypatch.setitem(db._SETTINGS, "memory_limit", "auto")
+    text = db.memory_limit_setting()
+    gib = float(text.removesuffix("GiB"))
+    assert 1.0 <= gib <= db.AUTO_MEMORY_CAP_GIB
+    assert db.memory_limit_setting("2500MB") == "2500MB"
+
+
+def test_connect_applies_the_configured_memory_limit(tmp_path, monkeypatch):
+    monkeypatch.setitem(db._SETTINGS, "memory_limit", "auto")
+    db.configure(memory_limit="1GB")
+    con = db.connect(tmp_path / "base.duckdb")
+    try:
+        # DuckDB reports the cap in binary units: 1 GB = 953.6 MiB
+        assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0] == "953.6 MiB"
+    finally:
+        con.close()
+
+
+def test_an_unreadable_memory_limit_is_a_french_input_error(tmp_path, monkeypatch):
+    from crmlab.errors import InputError
+
+    monkeypatch.setitem(db._SETTINGS, "memory_limit", "beaucoup")
+    with pytest.raises(InputError, match="Limite de mémoire illisible"):
+        db.connect(tmp_path / "base.duckdb")

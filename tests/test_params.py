@@ -90,9 +90,10 @@ def test_unknown_keys_suggest_the_closest(fake_schema, tmp_path, data, match):
         ({"segmenter": {"rfm_bins": True}}, "« segmenter.rfm_bins » doit être de type nombre entier"),
         ({"run": {"name": None}}, "Le paramètre « run.name » est obligatoire"),
         ({"run": ["a"]}, "Le bloc « run » doit être un dictionnaire"),
+        ({"run": {"memory_limit": "beaucoup"}}, "« run.memory_limit » = « beaucoup » n'est pas une quantité de mémoire"),
     ],
     ids=["int-text", "int-float", "min", "choice", "date", "max", "bool", "list", "bool-as-int", "missing",
-         "not-a-dict"],
+         "not-a-dict", "memory"],
 )
 def test_wrong_values(fake_schema, tmp_path, data, match):
     f = write(tmp_path / "p.yaml", data)

@@ -82,6 +82,9 @@ CREATE TABLE IF NOT EXISTS interactions (
     consent_channel VARCHAR, consent_opted_in BOOLEAN,
     status VARCHAR, text VARCHAR, sha256 VARCHAR, row_number BIGINT
 );
+CREATE TABLE IF NOT EXISTS interaction_scores (
+    interaction_id VARCHAR, score_type VARCHAR, score DOUBLE
+);
 CREATE TABLE IF NOT EXISTS contact_history (
     customer_id VARCHAR, field VARCHAR, old_value VARCHAR, new_value VARCHAR,
     channel VARCHAR, source VARCHAR, changed_at TIMESTAMP, run_id VARCHAR, seq BIGINT, item VARCHAR
@@ -115,6 +118,34 @@ TABLES = [
 ]
 
 
+#: DuckDB memory cap applied by :func:`connect`; set from ``run.memory_limit`` by
+#: :func:`configure` (``params.for_notebook`` calls it before a step opens the base).
+_SETTINGS: dict[str, str] = {"memory_limit": "auto"}
+
+#: ``memory_limit: auto``: half the machine's memory, between 1 and 3 GiB. DuckDB's own
+#: default (80 % of the RAM) lets one step take the whole laptop; past the cap, joins,
+#: aggregations and sorts spill to ``<base>.tmp/`` next to the database instead.
+AUTO_MEMORY_CAP_GIB = 3.0
+
+
+def configure(*, memory_limit: str | None = None) -> None:
+    """Set the resource settings applied by :func:`connect` (``None`` keeps the current one)."""
+    if memory_limit is not None:
+        _SETTINGS["memory_limit"] = str(memory_limit)
+
+
+def memory_limit_setting(value: str | None = None) -> str:
+    """DuckDB ``memory_limit`` text for a ``run.memory_limit`` value (``auto`` or e.g. ``4GB``)."""
+    value = (value or _SETTINGS["memory_limit"] or "auto").strip()
+    if value.lower() != "auto":
+        return value
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        total = 8.0
+    return f"{max(1.0, min(total / 2, AUTO_MEMORY_CAP_GIB)):.1f}GiB"
+
+
 def connect(database: str | os.PathLike, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """Open (and create if needed) the customer database with its canonical tables.
 
@@ -124,6 +155,10 @@ def connect(database: str | os.PathLike, *, read_only: bool = False) -> duckdb.D
         DuckDB file. Its folder is created if missing. ``":memory:"`` works for tests.
     read_only : bool
         Open without write access (reports, notebooks that only read).
+
+    Notes
+    -----
+    The connection gets the memory cap of :func:`memory_limit_setting`.
     """
     path = str(database)
     if path != ":memory:":
@@ -135,6 +170,15 @@ def connect(database: str | os.PathLike, *, read_only: bool = False) -> duckdb.D
             f"Impossible d'ouvrir la base clients : {exc}",
             file=path,
             hint="Vérifiez qu'aucun autre programme (JupyterLab, une autre exécution) ne l'utilise",
+        ) from exc
+    limit = memory_limit_setting()
+    try:
+        con.execute(f"SET memory_limit = '{limit}'")
+    except duckdb.Error as exc:
+        con.close()
+        raise InputError(
+            f"Limite de mémoire illisible : « {limit} »", column="memory_limit",
+            hint="Indiquez run.memory_limit sous la forme « 4GB », « 2500MB » ou « auto »",
         ) from exc
     if not read_only:
         ensure_schema(con)

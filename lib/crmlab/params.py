@@ -65,6 +65,14 @@ class Param:
     paths_in: Callable[[Any, Path], Any] | None = field(default=None, compare=False)
 
 
+def _memory_limit(value: Any, key: str) -> str:
+    text = str(value).strip()
+    if text.lower() == "auto" or re.fullmatch(r"\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)", text, re.IGNORECASE):
+        return text
+    raise ParamsError(f"« {key} » = « {text} » n'est pas une quantité de mémoire",
+                      hint="Indiquez auto, ou une quantité comme 4GB ou 2500MB")
+
+
 RUN_PARAMS: dict[str, Param] = {
     "name": Param("str", "demo", "nom de l'exécution (dossier runs/<nom>/)"),
     "as_of": Param("date", None, "date de référence des analyses (AAAA-MM-JJ) ; vide = lendemain du dernier achat", nullable=True),
@@ -75,6 +83,8 @@ RUN_PARAMS: dict[str, Param] = {
     "run_id": Param("str", "", "identifiant de l'exécution ; vide = généré"),
     "truth_dir": Param("path", None, "dossier de vérité terrain du monde de démo (facultatif)", nullable=True),
     "out_dir": Param("path", None, "dossier de l'exécution (exports, fichiers de revue) ; vide = dossier de la base", nullable=True),
+    "memory_limit": Param("str", "auto", "mémoire maximale de la base DuckDB au-delà de laquelle elle passe par le disque "
+                          "(auto = moitié de la RAM, 3 Gio au plus ; ou par exemple 4GB)", check=_memory_limit),
 }
 
 # code, block name, module, notebook (relative to the project root)
@@ -425,6 +435,9 @@ def for_notebook(ns: dict, step: str) -> NotebookParams:
     block = block_check(code, validate_block(step_block, schema, name, step_base, None), None)
     if not run["run_id"]:
         run["run_id"] = new_run_id(run["name"])
+    from crmlab import db  # the step's connection gets the run's memory cap
+
+    db.configure(memory_limit=run["memory_limit"])
     return NotebookParams({**run, **block})
 
 
