@@ -119,11 +119,17 @@ def calibration_dates(as_of, holdout_days: int = 180, calibration_end=None) -> t
 
 
 def _purchases_sql(table: str, merge_same_day: bool) -> str:
-    """Return the SQL of one row per purchase (customer_id, day, value, k = rank) before ``?`` (as_of)."""
+    """Return the SQL of one row per purchase ``(customer_id, g, day, value)`` before ``?`` (as_of).
+
+    ``g`` is the purchase grain (the day when ``merge_same_day``, else the timestamp),
+    ``value`` the total spent in that purchase. No window function: the per-customer
+    rank of a purchase is never materialised (the first purchase is found with
+    ``min``/``arg_min`` where needed), which keeps the 10-million-row case at one hash
+    aggregation per level.
+    """
     grain = "CAST(ts AS DATE)" if merge_same_day else "ts"
     return f"""
-        SELECT customer_id, g, CAST(g AS DATE) AS day, value,
-               ROW_NUMBER() OVER (PARTITION BY customer_id ORDER BY g) AS k
+        SELECT customer_id, g, CAST(g AS DATE) AS day, value
         FROM (
             SELECT customer_id, {grain} AS g, SUM(COALESCE(amount, 0)) AS value
             FROM {table}
@@ -179,7 +185,8 @@ def summary(
                CAST(COUNT(*) - 1 AS BIGINT) AS frequency,
                date_diff('day', MIN(day), MAX(day)) / ? AS recency,
                date_diff('day', MIN(day), CAST(? AS DATE) - INTERVAL 1 DAY) / ? AS T,
-               COALESCE(AVG(value) FILTER (WHERE k > 1), 0) AS monetary,
+               -- mean value of the repeat purchases: all purchases but the first one
+               CASE WHEN COUNT(*) > 1 THEN (SUM(value) - arg_min(value, g)) / (COUNT(*) - 1) ELSE 0 END AS monetary,
                MIN(day) AS first_purchase
         FROM p GROUP BY customer_id ORDER BY customer_id
     """
@@ -700,10 +707,11 @@ def tracking(
     try:
         weekly = con.execute(
             f"""
-            WITH p AS ({_purchases_sql(table, merge_same_day)})
+            WITH p AS ({_purchases_sql(table, merge_same_day)}),
+            f AS (SELECT customer_id, MIN(g) AS g0 FROM p GROUP BY customer_id)
             SELECT CAST(floor(date_diff('day', CAST(? AS DATE), p.day) / ?) AS BIGINT) + 1 AS week, COUNT(*) AS n
-            FROM p JOIN _clv_cohort c USING (customer_id)
-            WHERE p.k > 1 GROUP BY 1
+            FROM p JOIN f USING (customer_id) JOIN _clv_cohort c USING (customer_id)
+            WHERE p.g > f.g0 GROUP BY 1
             """,
             [end, pd.Timestamp(start).date(), step_days],
         ).df()
