@@ -4,7 +4,13 @@ A source is declared in the params (``constituer.sources`` …) as a mapping::
 
     {name, kind, path, columns: {canonical: SQL expression over the file's columns},
      where?, exclude?: {French label: SQL condition}, sep?, decimal?, encoding?,
-     date_format?, sheet?, header?, customer_source?, priority?, max_unparsable_share?}
+     date_format?, sheet?, header?, customer_source?, priority?, max_unparsable_share?,
+     scores?: {score type: SQL expression}}
+
+``scores`` (interactions only) declares several scores carried by one row (a survey
+answer with an NPS and a CSAT): each is loaded as a number into the staged column
+``score_<type>``. It replaces the single-score pair ``score`` / ``score_type`` of
+``columns``; a source may not declare both forms.
 
 :func:`validate_sources` and :func:`resolve_source_paths` validate such a list
 (``Param(check=..., paths_in=...)``); :func:`load_source` reads each file of one source
@@ -24,6 +30,7 @@ expressions from the params are).
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import glob
 import hashlib
@@ -86,13 +93,15 @@ KINDS: dict[str, dict[str, tuple[str, bool]]] = {
 
 SOURCE_KEYS = (
     "name", "kind", "path", "columns", "where", "exclude", "sep", "decimal", "encoding",
-    "date_format", "sheet", "header", "customer_source", "priority", "max_unparsable_share",
+    "date_format", "sheet", "header", "customer_source", "priority", "max_unparsable_share", "scores",
 )
 TEXT_EXT = (".csv", ".tsv", ".txt")
 EXCEL_EXT = (".xlsx", ".xlsm", ".xls")
 PARQUET_EXT = (".parquet", ".pq")
 SUPPORTED_EXT = TEXT_EXT + EXCEL_EXT + PARQUET_EXT
 CONSENT_PREFIX = "consent_"
+#: staged column of each score declared under ``scores`` (interactions): ``score_<type>``
+SCORE_PREFIX = "score_"
 DEFAULT_MAX_UNPARSABLE = 0.05
 
 _LABELS = {  # French name of a canonical column in messages
@@ -131,6 +140,8 @@ _FLOAT_TYPES = ("DOUBLE", "FLOAT", "REAL")
 
 
 def _label(column: str) -> str:
+    if column.startswith(SCORE_PREFIX) and column not in _LABELS and column != "score_type":
+        return f"score {column[len(SCORE_PREFIX):].upper()}"
     return _LABELS.get(column, column)
 
 
@@ -151,14 +162,32 @@ def _bad_reason(column: str, ctype: str) -> str:
     return f"{_label(column)} illisible"
 
 
-def canonical_columns(kind: str, columns: dict | None = None) -> dict[str, tuple[str, bool]]:
-    """Canonical columns of a kind (plus the ``consent_<channel>`` columns mapped for customers)."""
+def canonical_columns(kind: str, columns: dict | None = None, scores: dict | None = None) -> dict[str, tuple[str, bool]]:
+    """Canonical columns of a kind.
+
+    Plus the ``consent_<channel>`` columns mapped for customers, and for interactions one
+    optional number column ``score_<type>`` per type of ``scores``.
+    """
     spec = dict(KINDS[kind])
     if kind == "customers":
         for c in columns or {}:
             if str(c).startswith(CONSENT_PREFIX) and len(str(c)) > len(CONSENT_PREFIX):
                 spec[c] = ("bool", False)
+    if kind == "interactions":
+        for t in scores or {}:
+            spec[SCORE_PREFIX + str(t)] = ("double", False)
     return spec
+
+
+def with_scores(source: dict) -> dict:
+    """Return the source with its ``scores`` merged into ``columns`` as ``score_<type>`` (a new dict).
+
+    A source without ``scores`` is returned unchanged.
+    """
+    scores = source.get("scores") or {}
+    if not scores:
+        return source
+    return {**source, "columns": {**source["columns"], **{SCORE_PREFIX + str(t): e for t, e in scores.items()}}}
 
 
 # --------------------------------------------------------------------------- params
@@ -254,6 +283,7 @@ def validate_sources(value: Any, key: str) -> list:
                 f"La source « {name} » ({kind}) ne renseigne pas les colonnes obligatoires : {', '.join(missing)}",
                 hint="Ajoutez-les dans « columns » (colonne canonique: colonne du fichier)",
             )
+        _validate_scores(src, name, kind)
         _validate_hints(src, name)
         path = src.get("path")
         if not isinstance(path, str) or not path.strip():
@@ -261,6 +291,33 @@ def validate_sources(value: Any, key: str) -> list:
         source_files(src)  # raises when missing or unsupported
         out.append(dict(src))
     return out
+
+
+def _validate_scores(src: dict, name: str, kind: str) -> None:
+    """Check the ``scores`` mapping of a source (interactions only, not with ``score`` / ``score_type``)."""
+    if "scores" not in src:
+        return
+    scores = src["scores"]
+    if kind != "interactions":
+        raise ParamsError(f"La source « {name} » ({kind}) déclare « scores », réservé aux sources de contacts entrants",
+                          hint="Retirez « scores » ou déclarez la source avec kind: interactions")
+    if not isinstance(scores, dict) or not scores:
+        raise ParamsError(f"« scores » de la source « {name} » doit être un dictionnaire non vide (type de note: expression)",
+                          hint="Par exemple scores: {nps: note_recommandation, csat: note_satisfaction}")
+    both = [c for c in ("score", "score_type") if c in src["columns"]]
+    if both:
+        raise ParamsError(
+            f"La source « {name} » déclare ses notes sous deux formes : « scores » et « {' », « '.join(both)} » dans « columns »",
+            hint="Gardez une seule forme : scores: {nps: …, csat: …} pour une ou plusieurs notes par ligne, "
+                 "ou score + score_type dans columns pour une seule note par ligne")
+    for t, expr in scores.items():
+        if not isinstance(t, str) or not re.fullmatch(r"[a-z][a-z0-9]*", t):
+            raise ParamsError(f"Type de note « {t} » invalide dans « scores » de la source « {name} »",
+                              hint="Un nom court en minuscules, par exemple nps, csat ou ces")
+        if not isinstance(expr, str) or not expr.strip():
+            raise ParamsError(
+                f"L'expression de la note « {t} » dans « scores » de la source « {name} » doit être un texte non vide (nom de colonne ou expression SQL)",
+                hint="Mettez l'expression entre guillemets dans le YAML, par exemple nps: \"note_recommandation\"")
 
 
 def _validate_hints(src: dict, name: str) -> None:
@@ -700,7 +757,8 @@ def load_source(con: duckdb.DuckDBPyConnection, source: dict, *, run_id: str, st
         - consents: ``consents`` (source = customer source, source_key = customer_key);
         - campaigns: ``campaigns`` (a campaign_id already present is replaced);
         - campaign_contacts: ``campaign_contacts`` (source = customer source);
-        - interactions: only the staged TEMP table.
+        - interactions: only the staged TEMP table (with a ``score_<type>`` column per
+          type of the source's ``scores``).
 
         Always: ``ingestions`` (one row per new file), ``rejects`` (rejected rows and
         ``"valeur ignorée : …"`` warnings; ``row_number`` as in :class:`FileLoad`,
@@ -717,7 +775,8 @@ def load_source(con: duckdb.DuckDBPyConnection, source: dict, *, run_id: str, st
     kind = source["kind"]
     staged = stage_table(name)
     result = SourceLoad(name=name, kind=kind, staged=staged)
-    spec = canonical_columns(kind, source.get("columns"))
+    spec = canonical_columns(kind, source.get("columns"), source.get("scores"))
+    source = with_scores(source)
     con.execute(f"DROP TABLE IF EXISTS {staged}")
     con.execute(f"CREATE TEMP TABLE {staged} AS SELECT {_stage_columns_sql(kind, spec)} WHERE false")
     files = source_files(source)
@@ -745,8 +804,9 @@ def load_source(con: duckdb.DuckDBPyConnection, source: dict, *, run_id: str, st
     finally:
         try:
             for i in range(len(pending) + 1):
-                con.execute(f"DROP VIEW IF EXISTS _load_{i}_typed")
-                for suffix in ("", "_raw", "_m", "_t"):
+                for suffix in ("_typed", "_m", "_t"):
+                    con.execute(f"DROP VIEW IF EXISTS _load_{i}{suffix}")
+                for suffix in ("", "_raw"):
                     con.execute(f"DROP TABLE IF EXISTS _load_{i}{suffix}")
         except duckdb.Error:  # transaction aborted by an error: the caller rolls back
             pass
@@ -1046,6 +1106,20 @@ def _date_parse_sql(txt: str, formats: list[str] | None) -> str:
     return f"try_strptime({txt}, [{', '.join(_lit(f) for f in formats)}])"
 
 
+@contextlib.contextmanager
+def _expression_errors(source: dict, fl: FileLoad):
+    """Turn a DuckDB error raised while evaluating the source's expressions into a French input error."""
+    try:
+        yield
+    except (duckdb.OutOfMemoryException, duckdb.InterruptException):
+        raise
+    except duckdb.Error as exc:
+        raise InputError(
+            f"Source « {source['name']} » : une expression de « columns », « where » ou « exclude » échoue sur les données : {_first_line(exc)}",
+            file=fl.path, hint="Corrigez l'expression (par exemple TRY_CAST au lieu de CAST)",
+        ) from exc
+
+
 def _load_file(con: duckdb.DuckDBPyConnection, source: dict, spec: dict, fl: FileLoad, table: str) -> None:
     """Read, map, type and classify one file into TEMP table ``table`` (no canonical write)."""
     raw, view = f"{table}_raw", f"{table}_typed"
@@ -1097,14 +1171,10 @@ def _load_file(con: duckdb.DuckDBPyConnection, source: dict, spec: dict, fl: Fil
         status.append(f"WHEN NOT coalesce(CAST(({where}) AS BOOLEAN), false) THEN 'filtered'")
     status.append("ELSE 'candidate' END")
     sel.append(" ".join(status) + " AS _status" if len(status) > 2 else "'candidate' AS _status")
+    # Views, not tables: the file's rows are materialised once, in step 4 (each extra
+    # copy of a 5-million-row file costs seconds and memory).
     mapped = f"{table}_m"
-    try:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {mapped} AS SELECT {', '.join(sel)} FROM {view}")
-    except duckdb.Error as exc:
-        raise InputError(
-            f"Source « {source['name']} » : une expression de « columns », « where » ou « exclude » échoue sur les données : {_first_line(exc)}",
-            file=fl.path, hint="Corrigez l'expression (par exemple TRY_CAST au lieu de CAST)",
-        ) from exc
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {mapped} AS SELECT {', '.join(sel)} FROM {view}")
     etypes = {r[0]: r[1] for r in con.execute(f"DESCRIBE {mapped}").fetchall()}
 
     # 2. typed canonical values, empty / bad flags per column
@@ -1121,7 +1191,8 @@ def _load_file(con: duckdb.DuckDBPyConnection, source: dict, spec: dict, fl: Fil
             if et.startswith(("TIMESTAMP", "DATE")):
                 val, nonempty, bad = f"CAST({e} AS TIMESTAMP)", f"{e} IS NOT NULL", "false"
             else:
-                fmt = _choose_date_format(con, mapped, txt, source, c, fl)
+                with _expression_errors(source, fl):
+                    fmt = _choose_date_format(con, mapped, txt, source, c, fl)
                 val = _date_parse_sql(txt, fmt)
                 nonempty, bad = f"{txt} IS NOT NULL", f"({txt} IS NOT NULL AND {val} IS NULL)"
             if ctype == "date":
@@ -1137,9 +1208,10 @@ def _load_file(con: duckdb.DuckDBPyConnection, source: dict, spec: dict, fl: Fil
                 val, nonempty, bad = e, f"{e} IS NOT NULL", "false"
             else:
                 low = f"lower({txt})"
-                x_style = con.execute(
-                    f"SELECT count(*) > 0 AND bool_and({low} = 'x') FROM {mapped} WHERE {txt} IS NOT NULL"
-                ).fetchall()[0][0]
+                with _expression_errors(source, fl):
+                    x_style = con.execute(
+                        f"SELECT count(*) > 0 AND bool_and({low} = 'x') FROM {mapped} WHERE {txt} IS NOT NULL"
+                    ).fetchall()[0][0]
                 val = (
                     f"CASE WHEN {low} IN ({', '.join(map(_lit, TRUE_WORDS))}) THEN true "
                     f"WHEN {low} IN ({', '.join(map(_lit, FALSE_WORDS))}) THEN false END"
@@ -1161,35 +1233,9 @@ def _load_file(con: duckdb.DuckDBPyConnection, source: dict, spec: dict, fl: Fil
                   f"{txt} AS {_q('t_' + c)}"]
         flags[c] = ctype
     typed = f"{table}_t"
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {typed} AS SELECT {_ROW}, _status, {', '.join(parts)} FROM {mapped}")
-    con.execute(f"DROP TABLE IF EXISTS {mapped}")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {typed} AS SELECT {_ROW}, _status, {', '.join(parts)} FROM {mapped}")
 
-    # 3. tolerated share of unparsable values per column
-    for c, ctype in flags.items():
-        if ctype == "str":
-            continue
-        nb, nn = con.execute(
-            f"SELECT count(*) FILTER (WHERE {_q('b_' + c)}), count(*) FILTER (WHERE {_q('n_' + c)}) "
-            f"FROM {typed} WHERE _status = 'candidate'"
-        ).fetchall()[0]
-        if nn and nb / nn > share:
-            ex = con.execute(
-                f"SELECT {_ROW}, {_q('t_' + c)} FROM {typed} WHERE _status = 'candidate' AND {_q('b_' + c)} ORDER BY {_ROW} LIMIT 5"
-            ).fetchall()
-            examples = ", ".join(f"ligne {r} : « {v} »" for r, v in ex)
-            hint = {
-                "date": "Indiquez le format des dates avec « date_format: » (par exemple \"%d/%m/%Y\" ou \"%Y%m%d\")",
-                "ts": "Indiquez le format des dates avec « date_format: » (par exemple \"%d/%m/%Y %H:%M\")",
-                "double": "Indiquez le séparateur décimal avec « decimal: \",\" » ou corrigez l'expression",
-            }.get(ctype, "Corrigez les valeurs ou l'expression de la colonne")
-            hint += f", ou relevez « max_unparsable_share » (actuellement {share:g})"
-            raise InputError(
-                f"Source « {source['name']} » : {nb} valeur(s) sur {nn} illisible(s) pour « {c} » "
-                f"(expression « {columns[c]} », {_bad_reason(c, ctype)}) ; exemples : {examples}",
-                file=fl.path, column=columns[c], row=ex[0][0] if ex else None, hint=hint,
-            )
-
-    # 4. row classification: excluded / filtered / rejected (first failing required column) / kept
+    # 3. row classification: excluded / filtered / rejected (first failing required column) / kept
     reasons = []
     for c, (ctype, req) in spec.items():
         if not req or c not in flags:
@@ -1203,11 +1249,47 @@ def _load_file(con: duckdb.DuckDBPyConnection, source: dict, spec: dict, fl: Fil
         rcols.append(f"WHEN NOT {_q('n_' + c)} OR {_q('b_' + c)} THEN {_lit(c)}")
     reason_sql = ("CASE " + " ".join(reasons) + " END") if reasons else "NULL"
     rcol_sql = ("CASE " + " ".join(rcols) + " END") if rcols else "NULL"
-    con.execute(
-        f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT *, "
-        f"CASE WHEN _status <> 'candidate' THEN NULL ELSE {reason_sql} END AS _reason, "
-        f"CASE WHEN _status <> 'candidate' THEN NULL ELSE {rcol_sql} END AS _rcol FROM {typed}"
-    )
+    try:
+        with _expression_errors(source, fl):
+            con.execute(
+                f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT *, "
+                f"CASE WHEN _status <> 'candidate' THEN NULL ELSE {reason_sql} END AS _reason, "
+                f"CASE WHEN _status <> 'candidate' THEN NULL ELSE {rcol_sql} END AS _rcol FROM {typed}"
+            )
+    finally:
+        con.execute(f"DROP VIEW IF EXISTS {typed}")
+        con.execute(f"DROP VIEW IF EXISTS {mapped}")
+
+    # 4. tolerated share of unparsable values per column (one pass for every column)
+    checked = [c for c, ctype in flags.items() if ctype != "str"]
+    counts = con.execute(
+        "SELECT " + ", ".join(f"count(*) FILTER (WHERE {_q('b_' + c)}), count(*) FILTER (WHERE {_q('n_' + c)})"
+                              for c in checked) + f" FROM {table} WHERE _status = 'candidate'"
+    ).fetchall()[0] if checked else ()
+    for i, c in enumerate(checked):
+        ctype = flags[c]
+        nb, nn = counts[2 * i], counts[2 * i + 1]
+        if nn and nb / nn > share:
+            ex = con.execute(
+                f"SELECT {_ROW}, {_q('t_' + c)} FROM {table} WHERE _status = 'candidate' AND {_q('b_' + c)} ORDER BY {_ROW} LIMIT 5"
+            ).fetchall()
+            examples = ", ".join(f"ligne {r} : « {v} »" for r, v in ex)
+            hint = {
+                "date": "Indiquez le format des dates avec « date_format: » (par exemple \"%d/%m/%Y\" ou \"%Y%m%d\")",
+                "ts": "Indiquez le format des dates avec « date_format: » (par exemple \"%d/%m/%Y %H:%M\")",
+                "double": "Indiquez le séparateur décimal avec « decimal: \",\" » ou corrigez l'expression",
+            }.get(ctype, "Corrigez les valeurs ou l'expression de la colonne")
+            hint += f", ou relevez « max_unparsable_share » (actuellement {share:g})"
+            key = c  # the key as the analyst wrote it: a canonical column, or scores.<type>
+            if c.startswith(SCORE_PREFIX) and c[len(SCORE_PREFIX):] in (source.get("scores") or {}):
+                key = "scores." + c[len(SCORE_PREFIX):]
+            raise InputError(
+                f"Source « {source['name']} » : {nb} valeur(s) sur {nn} illisible(s) pour « {key} » "
+                f"(expression « {columns[c]} », {_bad_reason(c, ctype)}) ; exemples : {examples}",
+                file=fl.path, column=columns[c], row=ex[0][0] if ex else None, hint=hint,
+            )
+
+    # 5. rows repeating a key of the file
     dup_key = {"customers": ["source_key"], "campaigns": ["campaign_id"],
                "campaign_contacts": ["campaign_id", "customer_key"]}.get(source["kind"])
     if dup_key:
@@ -1220,10 +1302,7 @@ def _load_file(con: duckdb.DuckDBPyConnection, source: dict, spec: dict, fl: Fil
             f"QUALIFY row_number() OVER (PARTITION BY {part} ORDER BY {_ROW}) > 1)",
             [label, dup_key[0]],
         )
-    con.execute(f"DROP TABLE IF EXISTS {mapped}")
-    con.execute(f"DROP TABLE IF EXISTS {typed}")
-
-    # 5. counts
+    # 6. counts
     labels = list(exclude)
     for st, reason, cnt in con.execute(
         f"SELECT _status, _reason, count(*) FROM {table} GROUP BY ALL ORDER BY ALL"
@@ -1245,7 +1324,7 @@ def _load_file(con: duckdb.DuckDBPyConnection, source: dict, spec: dict, fl: Fil
         if nb:
             fl.warnings[f"valeur ignorée : {_bad_reason(c, ctype)} ({c})"] = nb
 
-    # 6. stage the kept rows
+    # 7. stage the kept rows
     _stage_rows(con, source, spec, fl, table)
 
 
@@ -1341,14 +1420,19 @@ def _check_duplicate_ids(con: duckdb.DuckDBPyConnection, source: dict, staged: s
         "Un identifiant de transaction doit être unique : mappez plutôt le numéro de commande sur "
         "« order_id » et laissez « transaction_id » non renseigné (un identifiant est alors généré par ligne)"
     )
-    dup = con.execute(
-        f"SELECT transaction_id, list(DISTINCT sha256), count(*) FROM {staged} "
-        "GROUP BY transaction_id HAVING count(*) > 1 ORDER BY transaction_id LIMIT 5"
-    ).fetchall()
-    if dup:
-        n = con.execute(
-            f"SELECT count(*) FROM (SELECT transaction_id FROM {staged} GROUP BY 1 HAVING count(*) > 1)"
-        ).fetchall()[0][0]
+    # one light aggregation (no per-group lists) settles the usual case: no repeated id
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _dup_ids AS SELECT transaction_id FROM {staged} "
+        "GROUP BY transaction_id HAVING count(*) > 1"
+    )
+    n = con.execute("SELECT count(*) FROM _dup_ids").fetchall()[0][0]
+    if n:
+        dup = con.execute(
+            f"SELECT d.transaction_id, list(DISTINCT s.sha256 ORDER BY s.sha256) FROM "
+            f"(SELECT transaction_id FROM _dup_ids ORDER BY transaction_id LIMIT 5) d JOIN {staged} s USING (transaction_id) "
+            "GROUP BY d.transaction_id ORDER BY d.transaction_id"
+        ).fetchall()
+        con.execute("DROP TABLE _dup_ids")
         shas = sorted({s for d in dup for s in d[1]})
         files = [paths.get(s, s[:12]) for s in shas]
         raise InputError(
@@ -1356,6 +1440,7 @@ def _check_duplicate_ids(con: duckdb.DuckDBPyConnection, source: dict, staged: s
             f"(ex. {', '.join(str(d[0]) for d in dup)}) dans {' et '.join(files)}",
             file=files[0], column=source["columns"]["transaction_id"], hint=hint,
         )
+    con.execute("DROP TABLE _dup_ids")
     clash = con.execute(
         f"SELECT s.transaction_id, s.sha256, t.sha256, t.source FROM {staged} s "
         "JOIN transactions t USING (transaction_id) ORDER BY s.transaction_id LIMIT 5"
