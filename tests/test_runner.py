@@ -340,3 +340,22 @@ def test_step_without_inputs_is_marked_not_applicable(fake_chain, tmp_path, kern
     assert [s.status for s in result.steps] == ["ok", "not_applicable", "ok"]
     index = (tmp_path / "run" / "index.html").read_text(encoding="utf-8")
     assert "sans objet" in index and "aucune source déclarée" in index
+
+
+def test_house_theme_matches_seaborn_whitegrid_without_importing_it():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, matplotlib; matplotlib.use('agg'); import matplotlib.pyplot as plt\n"
+        "from crmlab import charts, display; charts.setup()\n"
+        "assert 'seaborn' not in sys.modules, 'seaborn imported'\n"
+        "mine = {k: plt.rcParams[k] for k in charts.WHITEGRID_RC}\n"
+        "import seaborn as sns; plt.rcdefaults(); sns.set_theme(style='whitegrid', palette=charts.PALETTE)\n"
+        "theirs = {k: plt.rcParams[k] for k in charts.WHITEGRID_RC}\n"
+        "from matplotlib.colors import to_rgb\n"
+        "norm = lambda k, v: [to_rgb(c) for c in v.by_key()['color']] if k == 'axes.prop_cycle' else str(v)\n"
+        "bad = [k for k in mine if norm(k, mine[k]) != norm(k, theirs[k])]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
