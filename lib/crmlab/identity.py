@@ -605,7 +605,7 @@ def _cluster(
     n: int,
     edges: pd.DataFrame,
     cannot: set[tuple[int, int]],
-    attrs: pd.DataFrame,
+    attrs: pd.DataFrame | dict[str, dict],
     max_cluster_size: int,
     strong_score: float,
 ) -> tuple[np.ndarray, pd.DataFrame]:
@@ -619,9 +619,10 @@ def _cluster(
         ``rid_a, rid_b, rule, score`` accepted edges (``rule == 'decision'`` for ``same``).
     cannot : set
         ``(min rid, max rid)`` pairs that must never share a cluster.
-    attrs : DataFrame
+    attrs : DataFrame or dict
         Indexed by rid: ``fn, ln, birth_date, gender`` (only rids of multi-edge groups are
-        needed).
+        needed), or the same as ``{column: {rid: value}}`` (built once by the caller that
+        clusters at several thresholds).
 
     Returns
     -------
@@ -663,10 +664,9 @@ def _cluster(
             parent[x], x = root, parent[x]
         return root
 
-    fn = attrs["fn"].to_dict()
-    ln = attrs["ln"].to_dict()
-    bd = attrs["birth_date"].to_dict()
-    gender = attrs["gender"].to_dict()
+    if isinstance(attrs, pd.DataFrame):
+        attrs = {c: attrs[c].to_dict() for c in ("fn", "ln", "birth_date", "gender")}
+    fn, ln, bd, gender = attrs["fn"], attrs["ln"], attrs["birth_date"], attrs["gender"]
     refused = []
     for ra, rb, rule, score in zip(big_edges["rid_a"].tolist(), big_edges["rid_b"].tolist(),
                                    big_edges["rule"].tolist(), big_edges["score"].tolist(), strict=True):
@@ -740,6 +740,23 @@ def _pairwise(links: pd.DataFrame, truth: pd.DataFrame) -> dict:
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"precision": precision, "recall": recall, "f1": f1, "true_pairs": true,
             "found_pairs": found, "correct_pairs": correct, "records": len(merged)}
+
+
+def _pairwise_codes(cluster: np.ndarray, person: np.ndarray) -> dict:
+    """Pairwise precision / recall from integer codes (same result as :func:`_pairwise`)."""
+
+    def npairs(*codes: np.ndarray) -> int:
+        if len(codes[0]) == 0:
+            return 0
+        key = codes[0].astype(np.int64) if len(codes) == 1 else codes[0].astype(np.int64) * (int(codes[1].max()) + 1) + codes[1]
+        c = np.unique(key, return_counts=True)[1].astype(np.int64)
+        return int((c * (c - 1) // 2).sum())
+
+    found, true, correct = npairs(cluster), npairs(person), npairs(cluster, person)
+    precision = correct / found if found else 1.0
+    recall = correct / true if true else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
 
 
 def evaluate(con_or_links: duckdb.DuckDBPyConnection | pd.DataFrame, truth_csv: str | Path) -> dict:
@@ -925,9 +942,15 @@ def link(
     """, [lowest, lowest]).df().set_index("rid")
     attrs["birth_date"] = [d.date() if isinstance(d, pd.Timestamp) else d for d in attrs["birth_date"]]
     attrs = attrs.astype(object).where(attrs.notna(), None)
+    attrs = {c: attrs[c].to_dict() for c in ("fn", "ln", "birth_date", "gender")}
 
     truth_df = _truth_frame(truth) if truth else None
     keys = con.execute(f"SELECT rid, source, source_key FROM {norm} ORDER BY rid").df()
+    if truth_df is not None:
+        # truth person of each record (-1 when absent), coded once for every threshold
+        person = keys.merge(truth_df, on=["source", "source_key"], how="left")["person_id"]
+        in_truth = person.notna().to_numpy()
+        person_code = pd.factorize(person[in_truth])[0].astype(np.int64)
 
     rows = []
     grid = sorted(set([*threshold_grid, threshold]))
@@ -938,8 +961,7 @@ def link(
         row = {"threshold": t, "pairs_accepted": len(edges), "customers": int(len(np.unique(labels))),
                "chosen": t == threshold}
         if truth_df is not None:
-            lk = keys.assign(customer_id=labels)
-            row.update({k: v for k, v in _pairwise(lk, truth_df).items()
+            row.update({k: v for k, v in _pairwise_codes(labels[in_truth], person_code).items()
                         if k in ("precision", "recall", "f1")})
         rows.append(row)
         if t == threshold:
