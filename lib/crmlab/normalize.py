@@ -140,6 +140,9 @@ def name(value: object) -> str | None:
     return out or None
 
 
+_SPACE = re.compile(r"\s")
+
+
 def email(value: object, provider_rules: bool = True, *, ignore_dots: bool = True) -> str | None:
     """Normalise an e-mail address (see module rules); invalid → ``None``.
 
@@ -152,7 +155,7 @@ def email(value: object, provider_rules: bool = True, *, ignore_dots: bool = Tru
     text = str(value).strip().lower()
     if text.startswith("mailto:"):
         text = text[7:].strip()
-    if text.count("@") != 1 or any(c.isspace() for c in text):
+    if text.count("@") != 1 or _SPACE.search(text):
         return None
     local, domain = text.split("@")
     domain = domain.strip(".")
