@@ -10,11 +10,6 @@ Compares, on the same synthetic Parquet file (``common.synthetic_transactions``)
 * ``lifetimes``: ``pd.read_parquet`` + ``lifetimes.utils.summary_data_from_transaction_data``
   (``freq="D"``, monetary on);
 * ``pandas``: ``pd.read_parquet`` + a plain groupby computing the same columns;
-* ``proposed_sql``: the SQL of :func:`crmlab.clv.summary` rewritten without its window
-  function (``ROW_NUMBER`` over each customer's purchases, only used to drop the first
-  purchase from the mean) – ``(SUM(value) - arg_min(value, day)) / (COUNT(*) - 1)`` gives
-  the same mean of repeat purchases; same conversion (:func:`crmlab.clv._typed`). A fix
-  proposed to the owner of ``clv.py``, measured here under the same conditions.
 
 Each case runs in its own subprocess (peak memory of its own); the checksums of the
 three summaries are compared so that the race is between equal results.
@@ -35,8 +30,8 @@ import common  # noqa: E402
 
 AS_OF = common.SYNTH["as_of"]
 LAST_DAY = "2025-12-31"  # lifetimes' observation_period_end (inclusive) = AS_OF - 1 day
-CASES = ("crmlab", "crmlab_loaded", "crmlab_rfm", "lifetimes", "pandas", "proposed_sql")
-COMPARED = ("crmlab", "lifetimes", "pandas", "proposed_sql")
+CASES = ("crmlab", "crmlab_loaded", "crmlab_rfm", "lifetimes", "pandas")
+COMPARED = ("crmlab", "lifetimes", "pandas")
 
 
 # --------------------------------------------------------------------------- cases (child side)
@@ -144,39 +139,6 @@ def case_pandas(path: str) -> dict:
     return ph.out | _checksum(len(s), s["frequency"], s["recency"], s["T"], s["monetary"])
 
 
-PROPOSED_SQL = """
-WITH d AS (
-    SELECT customer_id, CAST(ts AS DATE) AS day, SUM(COALESCE(amount, 0)) AS value
-    FROM transactions
-    WHERE customer_id IS NOT NULL AND ts IS NOT NULL AND ts < CAST(? AS TIMESTAMP)
-    GROUP BY customer_id, day
-)
-SELECT customer_id,
-       CAST(COUNT(*) - 1 AS BIGINT) AS frequency,
-       date_diff('day', MIN(day), MAX(day)) / ? AS recency,
-       date_diff('day', MIN(day), CAST(? AS DATE) - INTERVAL 1 DAY) / ? AS T,
-       CASE WHEN COUNT(*) > 1 THEN (SUM(value) - arg_min(value, day)) / (COUNT(*) - 1) ELSE 0 END AS monetary,
-       MIN(day) AS first_purchase
-FROM d GROUP BY customer_id ORDER BY customer_id
-"""
-
-
-def case_proposed(path: str) -> dict:
-    import duckdb
-
-    from crmlab import clv
-
-    ph = common.Phases()
-    con = duckdb.connect()
-    quoted = str(path).replace("'", "''")
-    with ph("load"):
-        con.execute(f"CREATE VIEW transactions AS SELECT customer_id, ts, amount FROM read_parquet('{quoted}')")
-    with ph("compute"):
-        s = clv._typed(con.execute(PROPOSED_SQL, [AS_OF, 1.0, AS_OF, 1.0]).df(), clv.SUMMARY_COLUMNS)
-    ph.out["total_s"] = round(ph.out["load_s"] + ph.out["compute_s"], 4)
-    return ph.out | _checksum(len(s), s["frequency"], s["recency"], s["T"], s["monetary"])
-
-
 def run_one(case: str, path: str) -> dict:
     """Run one case in this process (child side)."""
     if case == "crmlab":
@@ -189,8 +151,6 @@ def run_one(case: str, path: str) -> dict:
         return case_lifetimes(path)
     if case == "pandas":
         return case_pandas(path)
-    if case == "proposed_sql":
-        return case_proposed(path)
     raise ValueError(case)
 
 
@@ -246,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "cpu": _ratio(cases[other]["cpu_s"], ref["cpu_s"]),
                     "memory": _ratio(cases[other]["peak_mib"], ref["peak_mib"]),
                 }
-                for other in ("lifetimes", "pandas", "proposed_sql") if other in cases and cases[other]["ok"]
+                for other in ("lifetimes", "pandas") if other in cases and cases[other]["ok"]
             }
         out["sizes"][str(n)] = entry
         print(json.dumps({k: v for k, v in entry.items() if k in ("consistent", "ratios")}), flush=True)

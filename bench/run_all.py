@@ -30,7 +30,6 @@ CASE_LABELS = {
     "crmlab_rfm": "crmlab `rfm.compute_rfm` (notes RFM, DuckDB)",
     "lifetimes": "lifetimes `summary_data_from_transaction_data`",
     "pandas": "pandas groupby simple",
-    "proposed_sql": "correctif proposé de `clv.summary` (sans fenêtre ROW_NUMBER)",
 }
 NOTES = """## Points chauds trouvés et corrections proposées
 

@@ -219,12 +219,18 @@ def open_step(database: str | os.PathLike, step: str, run_id: str, as_of: str | 
 
 
 def commit_step(con: duckdb.DuckDBPyConnection, step: str, run_id: str) -> None:
-    """Mark the step done and commit its transaction."""
+    """Mark the step done, commit its transaction and checkpoint the database.
+
+    The checkpoint writes the step's changes from the write-ahead log into the database
+    file now: otherwise the next step (another kernel) replays the log when it opens
+    the base (39 s after ten million transactions loaded by step 01).
+    """
     con.execute(
         "UPDATE runs SET finished_at = ?, status = 'ok' WHERE run_id = ? AND step = ?",
         [now(), run_id, step],
     )
     con.execute("COMMIT")
+    con.execute("CHECKPOINT")
 
 
 def now() -> dt.datetime:
