@@ -7,8 +7,11 @@ Pipeline of :func:`link` (all heavy work in DuckDB SQL; Python only over *pairs*
    normalised e-mail; E.164 phone; a phonetic name token + postal code; a phonetic name
    token + birth date; normalised address + postal code (or city); the phonetic full
    name (either order). Keys shared by more than ``max_block`` records (placeholder
-   e-mails, very common names) are skipped and reported, so the work grows with the
-   number of records, never with its square.
+   e-mails, very common names) are skipped and reported; within a key shared by more
+   than 10 records, each record is paired with its 10 nearest neighbours in the order
+   of last name, first name, birth date, postal code and address (sorted
+   neighbourhood). The number of pairs grows with the number of records, never with
+   its square.
 3. **Compare and score** each candidate pair in SQL (:data:`WEIGHTS`, a Fellegi–Sunter
    model with fixed m/u probabilities): first and last names (Jaro–Winkler,
    Damerau–Levenshtein, compound names, initials, swapped first/last names, exact-name
