@@ -615,7 +615,8 @@ def decide_consents(candidates: pd.DataFrame, current: pd.DataFrame) -> pd.DataF
     c["cur_ts"] = pd.to_datetime(c["cur_ts"])
     c["opted_in"] = c["opted_in"].astype(bool)
     key = ["customer_id", "channel_name"]
-    any_out = c.groupby(key)["opted_in"].transform(lambda s: (~s).any())
+    # vectorised "any opt-out in the group" (a lambda per group took 35 s on 300 k consents)
+    any_out = (~c["opted_in"]).astype("int8").groupby([c[k] for k in key], dropna=False).transform("max").astype(bool)
     cur_known = c["cur_opted_in"].notna()
     cur_out = cur_known & (c["cur_opted_in"] == False)  # noqa: E712 - nullable column
     cur_in = cur_known & (c["cur_opted_in"] == True)  # noqa: E712
@@ -851,12 +852,16 @@ def _feed_items(con, loads, dec, cdec, run_id, when) -> pd.DataFrame:
         if (len(dec) or len(cdec)) else pd.DataFrame(columns=["item", "outcome", "field", "reason"])
     summary = {}
     if len(per_item):
-        per_item = per_item.assign(o=per_item["outcome"].map(order))
-        for item, g in per_item.sort_values(["item", "o"], kind="stable").groupby("item", sort=False):
-            best = g["outcome"].iloc[0]
-            parts = [f"{f} : {OUTCOMES[o]}" + (f" ({r})" if isinstance(r, str) and r else "")
-                     for f, o, r in zip(g["field"], g["outcome"], g["reason"], strict=True)]
-            summary[item] = (OUTCOMES[best], "; ".join(parts))
+        # vectorised: one text per value, joined per item (a Python loop over the groups
+        # took 47 s on a 300 000-row batch)
+        ps = per_item.assign(o=per_item["outcome"].map(order)).sort_values(["item", "o"], kind="stable")
+        label = ps["outcome"].map(OUTCOMES)
+        has_reason = np.array([isinstance(r, str) and bool(r) for r in ps["reason"].tolist()], dtype=bool)
+        part = (ps["field"].map(str) + " : " + label
+                + pd.Series(np.where(has_reason, " (" + ps["reason"].map(str) + ")", ""), index=ps.index))
+        joined = part.groupby(ps["item"], sort=False).agg("; ".join)
+        best = label.groupby(ps["item"], sort=False).first()
+        summary = dict(zip(joined.index, zip(best.loc[joined.index], joined, strict=True), strict=True))
     for ld in loads:
         rows = con.execute(f"SELECT * FROM {ld.staged}").df()
         if rows.empty:
