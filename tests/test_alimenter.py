@@ -324,3 +324,20 @@ def test_feed_twice_equals_once_and_nothing_is_lost(tmp_path_factory, batch, txs
     # and every decision ended in one of the known outcomes
     assert set(res.decisions["outcome"]) <= set(alimenter.OUTCOMES)
     alimenter.check_output(con)
+
+
+def test_provenance_counts_and_subsets_agree_with_the_per_value_rows(tmp_path):
+    con = make_world()
+    f = write_csv(tmp_path / "web.csv", [{"key": "1", "email": "B@X.fr", "city": "Lyon", "updated_at": "2025-03-01"}], CUST_COLS)
+    alimenter.feed(con, params([customer_source(f)]))
+    rows = alimenter.provenance(con)
+    # C1's new e-mail came from the web feed, its phone from its records; C2 holds only web values
+    assert {(r.customer_id, r.field): r.channel for r in rows.itertuples()}[("C1", "email")] == "web"
+    counts = alimenter.provenance(con, counts=True)
+    expected = rows.groupby(["field", "channel"]).size().rename("customers").reset_index()
+    assert counts.astype({"customers": "int64"}).equals(expected.astype({"customers": "int64"}))
+    only_c2 = alimenter.provenance(con, customer_ids=["C2"])
+    assert only_c2.reset_index(drop=True).equals(rows[rows["customer_id"] == "C2"].reset_index(drop=True))
+    by_channel = alimenter.fill_by_channel(con)
+    assert by_channel["customers"].sum() == len(rows)
+    assert (by_channel["share"] == by_channel["customers"] / 2).all()

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from crmlab import history, normalize, quality
-from crmlab.db import check, now
+from crmlab.db import check, now, register_frame
 from crmlab.errors import InputError, ParamsError
 from crmlab.params import Param
 from crmlab.sources import resolve_source_paths, validate_sources
@@ -182,7 +182,13 @@ def fill_rates(con: duckdb.DuckDBPyConnection, fields: list[str] | None = None,
     return out
 
 
-def provenance(con: duckdb.DuckDBPyConnection, fields: list[str] | None = None) -> pd.DataFrame:
+def provenance(
+    con: duckdb.DuckDBPyConnection,
+    fields: list[str] | None = None,
+    *,
+    customer_ids: list[str] | None = None,
+    counts: bool = False,
+) -> pd.DataFrame:
     """Channel that filled each customer's current value of each field.
 
     The channel of the last change in ``contact_history`` when there is one; otherwise
@@ -190,12 +196,23 @@ def provenance(con: duckdb.DuckDBPyConnection, fields: list[str] | None = None) 
     golden record), else the first of the customer's sources. Consents: the source of
     the current consent row, or the channel of its last change.
 
+    Parameters
+    ----------
+    customer_ids : list of str, optional
+        Only these customers (default: every customer).
+    counts : bool
+        Return the number of customers per field and channel instead of one row per
+        value (computed in DuckDB: on a base of a million customers the per-value frame
+        would hold ten million rows).
+
     Returns
     -------
     DataFrame
-        ``customer_id, field, channel``, one row per filled value.
+        ``customer_id, field, channel``, one row per filled value; with ``counts``:
+        ``field, channel, customers``.
     """
     fields = fields or MEASURED_FIELDS
+    only = " AND c.customer_id IN (SELECT customer_id FROM _prov_ids)" if customer_ids is not None else ""
     match = {
         "email": "lower(trim(r.email)) = c.email",
         "phone": "right(regexp_replace(CAST(r.phone AS VARCHAR), '[^0-9]', '', 'g'), 9) = right(c.phone, 9)",
@@ -211,21 +228,28 @@ def provenance(con: duckdb.DuckDBPyConnection, fields: list[str] | None = None) 
             LEFT JOIN (SELECT r.customer_id, arg_min(r.source, (r.ord, r.source)) AS source
                        FROM _prov_rec r JOIN customers c USING (customer_id) WHERE {cond}
                        GROUP BY r.customer_id) m ON m.customer_id = c.customer_id
-            WHERE c.{f} IS NOT NULL""")
+            WHERE c.{f} IS NOT NULL{only}""")
     parts.append(f"""
         SELECT s.customer_id, '{history.CONSENT_PREFIX}' || s.channel, coalesce(h.channel, s.source, 'inconnu')
         FROM ({history.CURRENT_CONSENTS_SQL}) s
         LEFT JOIN _prov_last h ON h.customer_id = s.customer_id AND h.field = '{history.CONSENT_PREFIX}' || s.channel
-        WHERE s.customer_id IN (SELECT customer_id FROM customers)""")
+        WHERE s.customer_id IN (SELECT customer_id FROM customers){only.replace("c.customer_id", "s.customer_id")}""")
     con.execute("""CREATE OR REPLACE TEMP TABLE _prov_last AS
                    SELECT customer_id, field, arg_max(channel, seq) AS channel FROM contact_history GROUP BY 1, 2""")
     con.execute("""CREATE OR REPLACE TEMP TABLE _prov_rec AS
                    SELECT l.customer_id, s.*, -epoch(coalesce(s.updated_at, s.created_at, TIMESTAMP '1900-01-01')) AS ord
                    FROM customer_links l JOIN source_customers s ON s.source = l.source AND s.source_key = l.source_key""")
+    if customer_ids is not None:
+        register_frame(con, "_prov_ids", pd.DataFrame({"customer_id": sorted(set(customer_ids))}, dtype=object))
+    union = " UNION ALL ".join(parts)
     try:
-        return con.execute(" UNION ALL ".join(parts) + " ORDER BY 1, 2").df()
+        if counts:
+            return con.execute(f"SELECT field, channel, count(*) AS customers FROM ({union}) GROUP BY 1, 2 ORDER BY 1, 2").df()
+        return con.execute(union + " ORDER BY 1, 2").df()
     finally:
         con.execute("DROP TABLE IF EXISTS _prov_last; DROP TABLE IF EXISTS _prov_rec")
+        if customer_ids is not None:
+            con.unregister("_prov_ids")
 
 
 def fill_by_channel(con: duckdb.DuckDBPyConnection, fields: list[str] | None = None) -> pd.DataFrame:
@@ -237,9 +261,9 @@ def fill_by_channel(con: duckdb.DuckDBPyConnection, fields: list[str] | None = N
         ``field, label, channel, customers, share`` (share of all customers, 0–1); per
         field the shares add up to its fill rate.
     """
-    prov = provenance(con, fields)
+    out = provenance(con, fields, counts=True)
     total = con.execute("SELECT count(*) FROM customers").fetchall()[0][0]
-    out = prov.groupby(["field", "channel"]).size().rename("customers").reset_index()
+    out["customers"] = out["customers"].astype("int64")
     out.insert(1, "label", out["field"].map(field_label))
     out["share"] = out["customers"] / total if total else 0.0
     return out.sort_values(["field", "customers"], ascending=[True, False], kind="stable").reset_index(drop=True)
@@ -531,7 +555,7 @@ def current_field_meta(con: duckdb.DuckDBPyConnection, customer_ids: list[str], 
         """).df()
     finally:
         con.unregister("_cfm_ids")
-    prov = provenance(con, UPDATE_FIELDS) if len(cur) and cur["h_source"].isna().any() else pd.DataFrame(columns=["customer_id", "field", "channel"])
+    prov = provenance(con, UPDATE_FIELDS, customer_ids=ids["customer_id"].tolist()) if len(cur) and cur["h_source"].isna().any() else pd.DataFrame(columns=["customer_id", "field", "channel"])
     cur = cur.merge(prov.rename(columns={"channel": "p_source"}), on=["customer_id", "field"], how="left")
     cur["cur_rank"] = [
         _rank(priority, hs, hc) if isinstance(hs, str) or isinstance(hc, str) else _rank(priority, ps, None)
