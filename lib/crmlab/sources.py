@@ -804,9 +804,8 @@ def load_source(con: duckdb.DuckDBPyConnection, source: dict, *, run_id: str, st
     finally:
         try:
             for i in range(len(pending) + 1):
-                for suffix in ("_typed", "_m", "_t"):
-                    con.execute(f"DROP VIEW IF EXISTS _load_{i}{suffix}")
-                for suffix in ("", "_raw"):
+                con.execute(f"DROP VIEW IF EXISTS _load_{i}_typed")
+                for suffix in ("", "_raw", "_m", "_t"):
                     con.execute(f"DROP TABLE IF EXISTS _load_{i}{suffix}")
         except duckdb.Error:  # transaction aborted by an error: the caller rolls back
             pass
@@ -1171,10 +1170,12 @@ def _load_file(con: duckdb.DuckDBPyConnection, source: dict, spec: dict, fl: Fil
         status.append(f"WHEN NOT coalesce(CAST(({where}) AS BOOLEAN), false) THEN 'filtered'")
     status.append("ELSE 'candidate' END")
     sel.append(" ".join(status) + " AS _status" if len(status) > 2 else "'candidate' AS _status")
-    # Views, not tables: the file's rows are materialised once, in step 4 (each extra
-    # copy of a 5-million-row file costs seconds and memory).
+    # Tables, not views: fusing these stages into one query made DuckDB 1.5.6 crash now
+    # and then (segmentation fault in StrpTimeFormat::Parse, a read past the end of a
+    # date text) – 3 runs of step 01 in 12 on the demo, none in 14 with tables.
     mapped = f"{table}_m"
-    con.execute(f"CREATE OR REPLACE TEMP VIEW {mapped} AS SELECT {', '.join(sel)} FROM {view}")
+    with _expression_errors(source, fl):
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {mapped} AS SELECT {', '.join(sel)} FROM {view}")
     etypes = {r[0]: r[1] for r in con.execute(f"DESCRIBE {mapped}").fetchall()}
 
     # 2. typed canonical values, empty / bad flags per column
@@ -1233,7 +1234,7 @@ def _load_file(con: duckdb.DuckDBPyConnection, source: dict, spec: dict, fl: Fil
                   f"{txt} AS {_q('t_' + c)}"]
         flags[c] = ctype
     typed = f"{table}_t"
-    con.execute(f"CREATE OR REPLACE TEMP VIEW {typed} AS SELECT {_ROW}, _status, {', '.join(parts)} FROM {mapped}")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {typed} AS SELECT {_ROW}, _status, {', '.join(parts)} FROM {mapped}")
 
     # 3. row classification: excluded / filtered / rejected (first failing required column) / kept
     reasons = []
@@ -1257,8 +1258,8 @@ def _load_file(con: duckdb.DuckDBPyConnection, source: dict, spec: dict, fl: Fil
                 f"CASE WHEN _status <> 'candidate' THEN NULL ELSE {rcol_sql} END AS _rcol FROM {typed}"
             )
     finally:
-        con.execute(f"DROP VIEW IF EXISTS {typed}")
-        con.execute(f"DROP VIEW IF EXISTS {mapped}")
+        con.execute(f"DROP TABLE IF EXISTS {typed}")
+        con.execute(f"DROP TABLE IF EXISTS {mapped}")
 
     # 4. tolerated share of unparsable values per column (one pass for every column)
     checked = [c for c, ctype in flags.items() if ctype != "str"]
