@@ -96,3 +96,37 @@ def test_measure_report_shows_nps_in_whole_points_and_explains_the_alerts(demo_r
                                  WHERE i.kind = 'enquête' GROUP BY 1""").fetchall())
     con.close()
     assert survey[1] == 1 and scores == {"nps": survey[0], "csat": survey[0]}  # one contact per answer, both scores
+
+
+def test_second_run_on_the_same_database_succeeds(demo_run, tmp_path):
+    """Step 01 relinks every record (prospects of 04, records of 05 included): the later tables follow."""
+    import shutil
+    from pathlib import Path
+
+    from crmlab.runner import run as run_chain
+
+    first = json.loads((demo_run / "run.json").read_text(encoding="utf-8"))
+    database = tmp_path / "again.duckdb"
+    shutil.copy(first["params"]["run"]["database"], database)
+    con = duckdb.connect(str(database), read_only=True)
+    matched_before = con.execute("SELECT count(*), count(customer_id) FROM interactions").fetchone()
+    con.close()
+    result = run_chain(Path(first["params_file"]), out=tmp_path / "run2", overrides=[f"run.database={database}"],
+                       echo=lambda *a, **k: None)
+    assert result.exit_code == 0, [(s.code, s.error) for s in result.steps if s.error]
+    second = json.loads((tmp_path / "run2" / "run.json").read_text(encoding="utf-8"))
+    assert [s["status"] for s in second["steps"]] == ["ok"] * len(params.available_steps())
+    # the tiny demo's prospects and fed records change a few cluster ids: the step-01 report says so
+    report = (tmp_path / "run2" / "html" / "01_constituer.html").read_text(encoding="utf-8")
+    assert "identifiant(s) client(s) changé(s) par ce rapprochement" in report
+    con = duckdb.connect(str(database), read_only=True)
+    q = lambda sql: con.execute(sql).fetchone()  # noqa: E731
+    statuses = dict(con.execute("SELECT step, status FROM runs WHERE run_id = ?", [second["run_id"]]).fetchall())
+    assert {statuses[s] for s in ("04", "05", "06") if s in statuses} == {"ok"}
+    # every contact matched in the first run is still matched, to an existing customer
+    assert q("SELECT count(*), count(customer_id) FROM interactions") == matched_before
+    assert q("SELECT count(*) FROM interactions i ANTI JOIN customers c USING (customer_id) WHERE i.customer_id IS NOT NULL") == (0,)
+    for table in ("contact_history", "feed_items", "segments", "campaign_contacts", "consents"):
+        assert q(f"SELECT count(*) FROM {table} t ANTI JOIN customers c USING (customer_id) WHERE t.customer_id IS NOT NULL") == (0,), table
+    assert q("SELECT count(*) FROM (SELECT as_of, customer_id FROM segments GROUP BY ALL HAVING count(*) > 1)") == (0,)
+    con.close()

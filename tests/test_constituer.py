@@ -244,3 +244,120 @@ def test_bad_params_fail_before_any_step(change, expected, tiny_demo, tmp_path, 
     assert cli.main(["run", str(bad), "--out", str(tmp_path / "run")]) == 2
     assert expected in capsys.readouterr().err
     assert not database.exists()
+
+
+# --------------------------------------------------------------------------- relinking: ids follow their person
+
+
+def _cid(source: str, key: str) -> str:
+    import hashlib
+
+    return "C" + hashlib.md5(f"{source}|{key}".encode()).hexdigest()[:10]
+
+
+def _later_steps_rows(con: duckdb.DuckDBPyConnection, cid: str) -> None:
+    """Rows as steps 02–05 write them for customer ``cid`` (none points to a source record)."""
+    con.execute("INSERT INTO interactions (interaction_id, customer_id, source, source_key, channel) "
+                "VALUES ('I1', ?, 'formulaires', 'I1', 'web')", [cid])
+    con.execute("INSERT INTO contact_history (customer_id, field, old_value, new_value, channel, seq) "
+                "VALUES (?, 'phone', NULL, '+33612345678', 'web', 1)", [cid])
+    con.execute("INSERT INTO feed_items (item, kind, source, customer_id, outcome) VALUES ('lot|1', 'champ', 'lot', ?, 'applied')", [cid])
+    con.execute("INSERT INTO consents (customer_id, channel, opted_in, source, source_key) VALUES (?, 'sms', FALSE, 'formulaires', NULL)", [cid])
+    con.execute("INSERT INTO segments (as_of, customer_id, rfm_segment, run_id) VALUES (DATE '2024-01-01', ?, 'Fidèles', 'r0')", [cid])
+    con.execute("INSERT INTO campaign_contacts (campaign_id, customer_id, grp, source) VALUES ('P1', ?, 'treatment', 'segmenter')", [cid])
+
+
+CARRIED = ["interactions", "contact_history", "feed_items", "consents", "segments", "campaign_contacts"]
+
+
+def test_relinking_carries_later_steps_rows_to_the_new_customer_id(tmp_path):
+    con = db.connect(":memory:")
+    con.execute("INSERT INTO source_customers (source, source_key, first_name, last_name, email) "
+                "VALUES ('web', 'W1', 'Anne', 'Martin', 'anne.martin@exemple.fr')")
+    p = {"sources": [], "default_region": "FR", "match_threshold": 0.9, "review_band": [0.5, 0.9], "out_dir": str(tmp_path)}
+    view = constituer.build_customer_view(con, p)
+    old = _cid("web", "W1")
+    assert con.execute("SELECT customer_id FROM customers").fetchall() == [(old,)]
+    assert view.carry_over.carried == 0 and constituer.carry_over_sentence(view.carry_over) is None
+    _later_steps_rows(con, old)
+    # a later record of the same person (e.g. a store card fed by step 05) sorts first: the cluster's id changes
+    con.execute("INSERT INTO source_customers (source, source_key, first_name, last_name, email) "
+                "VALUES ('magasin', 'M1', 'Anne', 'MARTIN', 'Anne.Martin@exemple.fr')")
+    # inside the step's transaction: a failure rolls the carry-over back with the links
+    con.execute("BEGIN TRANSACTION")
+    constituer.build_customer_view(con, p)
+    con.execute("ROLLBACK")
+    for table in CARRIED:
+        assert con.execute(f"SELECT DISTINCT customer_id FROM {table}").fetchall() == [(old,)], table
+    view = constituer.build_customer_view(con, p)
+    new = _cid("magasin", "M1")
+    assert con.execute("SELECT customer_id, n_records FROM customers").fetchall() == [(new, 2)]
+    for table in CARRIED:
+        assert con.execute(f"SELECT DISTINCT customer_id FROM {table}").fetchall() == [(new,)], table
+    carry = view.carry_over
+    assert (carry.carried, carry.splits, carry.recovered) == (1, 0, 0)
+    assert carry.mapping[["old_id", "new_id", "records"]].to_dict("records") == [{"old_id": old, "new_id": new, "records": 1}]
+    assert carry.rows == {t: 1 for t in CARRIED}
+    assert any(s.startswith("1 identifiant(s) client(s) changé(s)") for s in constituer.view_findings(view))
+    constituer.check_output(con, p)
+    # relinking again changes nothing
+    view = constituer.build_customer_view(con, p)
+    assert view.carry_over.carried == 0 and view.carry_over.rows == {}
+
+
+def _relinked(order: int) -> duckdb.DuckDBPyConnection:
+    """Links before / after a relinking, rows in a given order (0 or 1), and later steps' rows.
+
+    Before: Cold (s1–s4), Cb (s5), Cd (s7, s8), Cc (s6). After: N1 (s1, s2, s9),
+    N2 (s3, s4, s5, s7, s8), Cc (s6): Cold is split 2–2 (goes to N1, the smaller id), Cb
+    and Cd are merged into N2 (Cd holds more records: its rows win).
+    """
+    con = db.connect(":memory:")
+    before = [("Cold", 1), ("Cold", 2), ("Cold", 3), ("Cold", 4), ("Cb", 5), ("Cc", 6), ("Cd", 7), ("Cd", 8)]
+    after = [("N1", 1), ("N1", 2), ("N2", 3), ("N2", 4), ("N2", 5), ("Cc", 6), ("N2", 7), ("N2", 8), ("N1", 9)]
+    if order:
+        before, after = before[::-1], after[::-1]
+    con.execute("CREATE TEMP TABLE _links_before (source VARCHAR, source_key VARCHAR, customer_id VARCHAR)")
+    for cid, k in before:
+        con.execute("INSERT INTO _links_before VALUES ('s', ?, ?)", [f"s{k}", cid])
+    for cid, k in after:
+        con.execute("INSERT INTO customer_links (source, source_key, customer_id) VALUES ('s', ?, ?)", [f"s{k}", cid])
+        con.execute("INSERT INTO source_customers (source, source_key) VALUES ('s', ?)", [f"s{k}"])
+    for cid in sorted({c for c, _ in after}, reverse=bool(order)):
+        con.execute("INSERT INTO customers (customer_id) VALUES (?)", [cid])
+    segs = [("Cold", 10.0), ("Cb", 20.0), ("Cc", 30.0), ("Cd", 40.0), ("Cgone", 50.0)]
+    for cid, monetary in segs[::-1] if order else segs:
+        con.execute("INSERT INTO segments (as_of, customer_id, monetary) VALUES (DATE '2024-01-01', ?, ?)", [cid, monetary])
+    con.execute("INSERT INTO campaign_contacts (campaign_id, customer_id, grp, source, customer_key) VALUES "
+                "('P1', 'Cb', 'treatment', 'segmenter', NULL), ('P1', 'Cd', 'control', 'segmenter', NULL), "
+                "('P1', 'Cgone', 'treatment', 'segmenter', NULL), ('H1', 'Cb', 'treatment', 's', 's5')")
+    # an id older than the links (the id of s9's former cluster), and one nobody knows
+    con.execute("INSERT INTO interactions (interaction_id, customer_id) VALUES ('I1', 'Cold'), ('I2', ?), ('I3', 'Cunknown0')",
+                [_cid("s", "s9")])
+    con.execute("INSERT INTO contact_history (customer_id, field, new_value, seq) VALUES ('Cunknown0', 'email', 'x@y.fr', 1)")
+    return con
+
+
+@pytest.mark.parametrize("order", [0, 1], ids=["rows_in_order", "rows_reversed"])
+def test_carry_over_is_deterministic_on_splits_and_merges(order):
+    con = _relinked(order)
+    carry = constituer.carry_over_ids(con)
+    assert carry.mapping[["old_id", "new_id", "records", "targets", "rank"]].to_dict("records") == sorted([
+        {"old_id": "Cb", "new_id": "N2", "records": 1, "targets": 1, "rank": 2},
+        {"old_id": "Cd", "new_id": "N2", "records": 2, "targets": 1, "rank": 1},
+        {"old_id": "Cold", "new_id": "N1", "records": 2, "targets": 2, "rank": 1},
+        {"old_id": _cid("s", "s9"), "new_id": "N1", "records": 0, "targets": 1, "rank": 2},
+    ], key=lambda r: r["old_id"])
+    assert (carry.carried, carry.splits, carry.recovered) == (4, 1, 1)
+    # one segment row per person and snapshot: the merged customer keeps Cd's row, the unknown id's row goes
+    assert con.execute("SELECT customer_id, monetary FROM segments ORDER BY 1").fetchall() == [
+        ("Cc", 30.0), ("N1", 10.0), ("N2", 40.0)]
+    assert con.execute("SELECT campaign_id, customer_id, grp FROM campaign_contacts ORDER BY 1, 2").fetchall() == [
+        ("H1", "N2", "treatment"), ("P1", "N2", "control")]
+    assert con.execute("SELECT interaction_id, customer_id FROM interactions ORDER BY 1").fetchall() == [
+        ("I1", "N1"), ("I2", "N1"), ("I3", None)]
+    # history is kept as it was (no later step checks it against customers)
+    assert con.execute("SELECT customer_id FROM contact_history").fetchall() == [("Cunknown0",)]
+    assert carry.dropped == {"segments (doublons)": 1, "campaign_contacts (doublons)": 1, "interactions": 1,
+                             "segments": 1, "campaign_contacts": 1}
+    assert "1 client(s) aux fiches désormais réparties" in constituer.carry_over_sentence(carry)

@@ -7,7 +7,7 @@ order; each one works inside the step's transaction opened by :func:`crmlab.db.o
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -334,13 +334,19 @@ def add_key_only_records(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
 def build_customer_view(con: duckdb.DuckDBPyConnection, p: dict):
     """Link source records into customers (golden records), then attach purchases, consents and contacts.
 
+    The links before relinking are kept aside first, so that the customer ids written by
+    the later steps (contacts, history, segments, campaign contacts…) follow their person
+    when a cluster changes id (:func:`carry_over_ids`).
+
     Returns
     -------
     crmlab.identity.LinkResult
-        With an extra attribute ``key_only`` (records created from transaction keys).
+        With extra attributes ``key_only`` (records created from transaction keys),
+        ``rule_counts`` and ``carry_over`` (:class:`CarryOver`).
     """
     from crmlab import identity
 
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {LINKS_BEFORE} AS SELECT source, source_key, customer_id FROM customer_links")
     key_only = add_key_only_records(con)
     priorities = {s["name"]: int(s["priority"]) for s in p["sources"] if s.get("priority") is not None}
     truth = None
@@ -356,11 +362,8 @@ def build_customer_view(con: duckdb.DuckDBPyConnection, p: dict):
         review_out=output_dir(p) / "paires_a_revoir.csv",
         truth=truth,
     )
-    for table, s, k in KEY_REFERENCES:
-        con.execute(
-            f"UPDATE {table} SET customer_id = l.customer_id FROM customer_links l "
-            f"WHERE l.source = {table}.{s} AND l.source_key = {table}.{k}"
-        )
+    view.carry_over = carry_over_ids(con)
+    con.execute(f"DROP TABLE {LINKS_BEFORE}")
     con.execute(
         "UPDATE customers SET is_prospect = customer_id NOT IN (SELECT DISTINCT customer_id FROM transactions WHERE customer_id IS NOT NULL)"
     )
@@ -370,6 +373,181 @@ def build_customer_view(con: duckdb.DuckDBPyConnection, p: dict):
     ).df()
     view.rule_counts["rule"] = view.rule_counts["rule"].map(lambda r: RULE_LABELS.get(r, r))
     return view
+
+
+# --------------------------------------------------------------------------- carrying customer ids over
+
+#: TEMP table of ``customer_links`` (source, source_key, customer_id) as it was before relinking
+LINKS_BEFORE = "_links_before"
+
+#: Tables whose customer ids are written by steps 02–06 and follow their person through a relinking.
+#: ``transactions`` is not listed: every purchase carries its customer key and is re-keyed exactly
+#: through ``KEY_REFERENCES``.
+CARRIED_TABLES = ["interactions", "contact_history", "feed_items", "consents", "campaign_contacts", "segments"]
+
+#: Tables where a person may appear once only: (table, unique key besides customer_id, rows concerned).
+#: When two former customers become one, the row of the primary former customer is kept.
+UNIQUE_PER_CUSTOMER = [
+    ("segments", "as_of", "TRUE"),
+    ("campaign_contacts", "campaign_id", "customer_key IS NULL"),
+]
+
+
+@dataclass
+class CarryOver:
+    """What :func:`carry_over_ids` did.
+
+    Attributes
+    ----------
+    mapping : DataFrame
+        One row per former customer id whose id changed: ``old_id, new_id, records`` (its
+        source records now in ``new_id``; 0 when found through the id itself), ``targets``
+        (new customers holding its records: more than 1 is a split), ``rank`` (1 = the
+        primary former customer of ``new_id``).
+    carried : int
+        Former customer ids carried over to a new id.
+    splits : int
+        Former customers whose records now sit in several customers (they follow the one
+        holding most of their records, ties to the smallest id).
+    recovered : int
+        Ids unknown to the previous links but recognised as the id of a source record's
+        cluster (``'C'`` + md5 of ``source|source_key``), e.g. left by an older version.
+    rows : dict
+        Rows re-keyed per table.
+    dropped : dict
+        Rows of ids that exist no more: ``interactions`` detached (customer_id NULL),
+        duplicate or orphan ``segments`` / ``campaign_contacts`` rows deleted.
+    """
+
+    mapping: pd.DataFrame
+    carried: int = 0
+    splits: int = 0
+    recovered: int = 0
+    rows: dict = field(default_factory=dict)
+    dropped: dict = field(default_factory=dict)
+
+
+def carry_over_ids(con: duckdb.DuckDBPyConnection, before: str = LINKS_BEFORE) -> CarryOver:
+    """Re-key the customer ids of the later steps' tables after a relinking; attach keyed rows.
+
+    Customer ids are derived from the smallest source record of each cluster, so they
+    change when a cluster gains or loses records (a prospect of step 04 now linked to a
+    customer, records of step 05…). Each former id goes to the new customer that holds
+    most of its records (shared ``source, source_key`` between ``before`` and
+    ``customer_links``), ties to the smallest id; an id absent from ``before`` is
+    recognised, if possible, as the id of a record's cluster (``'C'`` + first 10 hex of
+    ``md5(source || '|' || source_key)``). Then:
+
+    * every table of :data:`CARRIED_TABLES` is re-keyed; ``segments`` history rows follow
+      the person (one row per snapshot: the primary former customer's row wins, i.e. the
+      one that kept its id, else the one with most records, else the smallest id), and
+      likewise one row per campaign for planned campaign contacts (no customer key);
+    * rows pointing to a source record (:data:`KEY_REFERENCES`) take that record's
+      customer exactly;
+    * ids that exist no more are not left dangling: interactions are detached
+      (``customer_id`` NULL, the contact stays collected), ``segments`` and unkeyed
+      ``campaign_contacts`` rows are deleted.
+
+    Parameters
+    ----------
+    con : duckdb.DuckDBPyConnection
+        Connection inside the step's transaction, ``customer_links`` and ``customers``
+        already rebuilt.
+    before : str
+        Table of the former links: ``source, source_key, customer_id``.
+
+    Returns
+    -------
+    CarryOver
+    """
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _co_map AS
+        WITH shared AS (
+            SELECT b.customer_id AS old_id, l.customer_id AS new_id, count(*) AS records
+            FROM {before} b JOIN customer_links l ON l.source = b.source AND l.source_key = b.source_key
+            WHERE b.customer_id IS NOT NULL
+            GROUP BY ALL
+        )
+        SELECT old_id, new_id, records, count(*) OVER (PARTITION BY old_id) AS targets FROM shared
+        QUALIFY row_number() OVER (PARTITION BY old_id ORDER BY records DESC, new_id) = 1
+    """)
+    referenced = " UNION ".join(f"SELECT DISTINCT customer_id FROM {t}" for t in CARRIED_TABLES)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _co_orphans AS
+        SELECT r.customer_id FROM ({referenced}) r
+        WHERE r.customer_id IS NOT NULL
+          AND NOT EXISTS (SELECT 1 FROM customers c WHERE c.customer_id = r.customer_id)
+          AND NOT EXISTS (SELECT 1 FROM _co_map m WHERE m.old_id = r.customer_id)
+    """)
+    recovered = 0
+    if con.execute("SELECT count(*) FROM _co_orphans").fetchone()[0]:
+        recovered = con.execute("""
+            INSERT INTO _co_map
+            SELECT o.customer_id, min(l.customer_id), 0, 1
+            FROM _co_orphans o JOIN customer_links l ON 'C' || left(md5(l.source || '|' || l.source_key), 10) = o.customer_id
+            GROUP BY o.customer_id
+        """).fetchone()[0]
+    con.execute("DELETE FROM _co_map WHERE old_id = new_id AND NOT EXISTS "
+                "(SELECT 1 FROM _co_map m WHERE m.new_id = _co_map.new_id AND m.old_id <> m.new_id)")
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _co_map AS
+        SELECT *, row_number() OVER (PARTITION BY new_id ORDER BY old_id = new_id DESC, records DESC, old_id) AS rank
+        FROM _co_map
+    """)
+    rows, dropped = {}, {}
+    changed = con.execute("SELECT count(*) FROM _co_map WHERE old_id <> new_id").fetchone()[0]
+    if changed:
+        for table, key, where in UNIQUE_PER_CUSTOMER:
+            # one row per person and key: the losing duplicates go before re-keying
+            n = con.execute(f"""
+                DELETE FROM {table} WHERE rowid IN (
+                    SELECT t.rowid FROM {table} t LEFT JOIN _co_map m ON m.old_id = t.customer_id
+                    WHERE ({where}) AND (m.old_id IS NOT NULL OR t.customer_id IN (SELECT new_id FROM _co_map))
+                    QUALIFY row_number() OVER (PARTITION BY t.{key}, coalesce(m.new_id, t.customer_id)
+                                               ORDER BY coalesce(m.rank, 0), t.customer_id) > 1)
+            """).fetchone()[0]
+            if n:
+                dropped[f"{table} (doublons)"] = int(n)
+        for table in CARRIED_TABLES:
+            n = con.execute(f"""
+                UPDATE {table} SET customer_id = m.new_id FROM _co_map m
+                WHERE {table}.customer_id = m.old_id AND m.old_id <> m.new_id
+            """).fetchone()[0]
+            if n:
+                rows[table] = int(n)
+    for table, s, k in KEY_REFERENCES:
+        con.execute(
+            f"UPDATE {table} SET customer_id = l.customer_id FROM customer_links l "
+            f"WHERE l.source = {table}.{s} AND l.source_key = {table}.{k} "
+            f"AND {table}.customer_id IS DISTINCT FROM l.customer_id"
+        )
+    gone = "customer_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM customers c WHERE c.customer_id = {t}.customer_id)"
+    for table, sql in [
+        ("interactions", f"UPDATE interactions SET customer_id = NULL WHERE {gone.format(t='interactions')}"),
+        ("segments", f"DELETE FROM segments WHERE {gone.format(t='segments')}"),
+        ("campaign_contacts", f"DELETE FROM campaign_contacts WHERE customer_key IS NULL AND {gone.format(t='campaign_contacts')}"),
+    ]:
+        n = con.execute(sql).fetchone()[0]
+        if n:
+            dropped[table] = int(n)
+    mapping = con.execute("SELECT old_id, new_id, records, targets, rank FROM _co_map WHERE old_id <> new_id "
+                          "ORDER BY old_id").df()
+    con.execute("DROP TABLE IF EXISTS _co_map; DROP TABLE IF EXISTS _co_orphans")
+    return CarryOver(mapping=mapping, carried=len(mapping), splits=int((mapping["targets"] > 1).sum()),
+                     recovered=int(recovered), rows=rows, dropped=dropped)
+
+
+def carry_over_sentence(carry: CarryOver | None) -> str | None:
+    """French sentence on the customer ids carried over by the relinking (None when none was)."""
+    from crmlab.charts import fr_number
+
+    if carry is None or not carry.carried:
+        return None
+    text = (f"{fr_number(carry.carried)} identifiant(s) client(s) changé(s) par ce rapprochement : contacts, historique, "
+            "segments et campagnes suivent la personne sous son nouvel identifiant")
+    if carry.splits:
+        text += f" ({fr_number(carry.splits)} client(s) aux fiches désormais réparties suivent la majorité de leurs fiches)"
+    return text + "."
 
 
 def view_findings(view) -> list[str]:
@@ -390,6 +568,9 @@ def view_findings(view) -> list[str]:
                    "(pas de fiche client correspondante).")
     if c.get("guard_refusals"):
         out.append(f"{fr_number(c['guard_refusals'])} lien(s) refusé(s) par le garde-fou anti-chaîne (ils auraient réuni des fiches incompatibles).")
+    carried = carry_over_sentence(getattr(view, "carry_over", None))
+    if carried:
+        out.append(carried)
     if view.metrics:
         m = view.metrics
         out.append(f"Contre la vérité terrain : précision {fr_percent(m['precision'], 2)}, rappel {fr_percent(m['recall'], 2)}, "
@@ -593,3 +774,10 @@ def check_output(con: duckdb.DuckDBPyConnection, p: dict) -> None:
           "chaque lien pointe vers un client existant")
     check(con, "SELECT transaction_id FROM transactions WHERE customer_id IS NULL", "chaque achat rattaché à un client")
     check(con, "SELECT transaction_id FROM transactions GROUP BY 1 HAVING count(*) > 1", "identifiant d'achat unique")
+    # ids written by the later steps follow the relinking (carry_over_ids)
+    check(con, """SELECT i.interaction_id FROM interactions i ANTI JOIN customers c USING (customer_id)
+                  WHERE i.customer_id IS NOT NULL""", "chaque contact rattaché pointe vers un client existant")
+    check(con, "SELECT as_of, customer_id FROM segments GROUP BY 1, 2 HAVING count(*) > 1",
+          "un client au plus une fois par instantané de segments")
+    check(con, "SELECT s.customer_id FROM segments s ANTI JOIN customers c USING (customer_id)",
+          "chaque ligne de segments pointe vers un client existant")
