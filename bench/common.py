@@ -231,6 +231,11 @@ def repeat(argv: list[str], n: int, *, timeout: float | None = None, label: str 
     for i in range(n):
         r = run_case(argv, timeout=timeout, **kw)
         runs.append(r)
+        # a case may report a failure of what it measured (e.g. ``crmlab run`` exit code)
+        failed_inside = bool(r["result"]) and r["result"].get("exit_code", 0) != 0
+        if failed_inside:
+            r["returncode"] = r["returncode"] or 1
+            r["stderr_tail"] = (r.get("stderr_tail") or "") + str(r["result"].get("error") or r["result"].get("stderr") or "")
         state = "timeout" if r["timed_out"] else ("ok" if r["returncode"] == 0 and r["result"] is not None else "FAILED")
         inner = ""
         if r["result"]:
