@@ -31,46 +31,57 @@ CASE_LABELS = {
     "lifetimes": "lifetimes `summary_data_from_transaction_data`",
     "pandas": "pandas groupby simple",
 }
-NOTES = """## Points chauds trouvés et corrections proposées
+NOTES = """## Points chauds trouvés, corrigés et restants
 
-Relevés à la main à partir des profils et des mesures ci-dessus ; les modules concernés appartiennent à
-d'autres parties du projet, les corrections sont décrites pour être appliquées par leurs propriétaires.
+Relevés à la main à partir des profils (pyinstrument, py-spy, temps par cellule des notebooks exécutés) ;
+chiffres avant → après mesurés sur cette machine.
 
-1. **`crmlab.clv.summary` : la fonction fenêtre `ROW_NUMBER()` (dans `_purchases_sql`) ne sert qu'à
-   exclure le premier achat de la moyenne.** `(SUM(value) - arg_min(value, day)) / (COUNT(*) - 1)` donne
-   exactement le même montant (vérifié : sommes de contrôle identiques, ligne « correctif proposé » du
-   tableau 1) sans tri par client. Mesuré à 10 M transactions : calcul médian 12,0 s → 3,0 s ; c'est ce
-   qui fait passer crmlab de 1,5× à environ 6× plus rapide que lifetimes.
-2. **`crmlab.behaviour.cluster` : sur-souscription OpenMP de scikit-learn (KMeans) sur une machine à
-   2 cœurs chargée.** Sur les 6 008 clients de la démo : 6,7–8,3 s → 2,0–2,8 s (CPU 7,2–8,9 s → 2,0–3,0 s)
-   en entourant la boucle k = 2..k_max (KMeans + silhouette sur l'échantillon) de
-   `threadpoolctl.threadpool_limits(1, user_api="openmp")` (limiter BLAS seul ne change rien). Sous forte
-   charge, le profil de la chaîne démo attribuait 34 s sur 74 s à cette fonction.
-3. **Mémoire de l'étape 01 à 10 M transactions : 15,8 Gio**, atteints pendant `constituer.load_sources`
-   (55 s) : DuckDB garde ses tables temporaires en mémoire jusqu'à sa limite par défaut (80 % de la RAM).
-   Essai mesuré (cellules de l'étape 01 ré-exécutées avec `SET memory_limit='3GB'` juste après
-   `db.open_step`) : le chargement passe (pic de l'arbre 4,9 Gio au lieu de 15,1), mais
-   `identity._block_pairs` échoue ensuite en « Out of Memory » (opérateur qui ne déborde pas sur disque).
-   Il faut donc à la fois une `memory_limit` (+ `temp_directory`, `preserve_insertion_order=false`) dans
-   `crmlab.db.connect` et une génération de paires par blocs plus sobre dans `identity._block_pairs`.
-   Le rapprochement seul prend déjà 4,5 Gio à 1 M fiches (tableau 4).
-4. **`crmlab.charts` importe seaborn et matplotlib.pyplot au chargement**, et `clv`, `runner`, `report`,
-   `display`… l'importent pour `fr_number`. Coût : +1,1 s de CPU et +98 Mio de RSS par processus qui ne
-   dessine rien (CLI, benchmarks, usage en bibliothèque) ; à 1 M transactions c'est tout l'écart de
-   mémoire entre crmlab et pandas. Correction : formats français dans un petit module sans dépendance,
-   ou imports paresseux dans `charts`.
-5. **BG/NBD : 42 % du temps d'ajustement est la hessienne autograd de lifetimes** (erreurs standard,
-   4,9 s sur 11,6 s à 1 M clients). Le regroupement ne réduit que 1 000 000 → 694 709 lignes (récence et
-   T au jour près) ; arrondir récence et T à la semaine donnerait 175 425 lignes (approximation, à
-   décider).
-6. **Chaîne à 10 M transactions (démo échelle 185, 10 053 874 transactions, générée en 7 min avec 6,9 Gio)** :
-   la seule mesure disponible date d'avant une correction de `sources.py` (09:42) ; à ce moment l'étape 01
-   finissait « ok » avec 0 transaction (même défaut qu'Online Retail, corrigé depuis : Online Retail passe
-   maintenant) et l'étape 02 s'arrêtait. Étape 01 : 67–102 s, 15,8 Gio. La cible 10 M ≤ 5 min et
-   ≤ 4 Gio n'est donc **pas démontrée** et la mémoire l'exclut en l'état ; à relancer avec
-   `bench/bench_chain.py --cases demo_large --large-scale 185 --large-runs 1`.
-7. `lifetimes.utils.summary_data_from_transaction_data` fonctionne avec pandas 3.1 sur ces données
-   (aucune cale) : le docstring de `clv.py` qui dit le contraire est à nuancer.
+**Corrigés**
+
+1. **`clv.summary`** : la fonction fenêtre `ROW_NUMBER()` ne servait qu'à exclure le premier achat de la
+   moyenne ; `(SUM(value) - arg_min(value, g)) / (COUNT(*) - 1)` donne le même montant. 10 M transactions :
+   12,0 s → 2,4 s (médiane, tableau 1), soit 6,2× plus rapide que lifetimes au lieu de 1,5×.
+2. **Rapprochement à grande échelle** (`identity._block_pairs`) : sur la démo à l'échelle 185 (1,58 M
+   fiches), les blocs « toutes paires » proposaient **577 M paires** (148 s de blocage, « Out of Memory »
+   sous 3 Gio). Clés hachées en entiers et *voisinage trié* (chaque fiche n'est comparée qu'à ses 10
+   voisines dans l'ordre nom, prénom, naissance, code postal, adresse), plus de clé « nom complet »
+   nationale : 11,8 M paires avec cette clé (blocage 11 s au lieu de 148 s). Sans elle, à l'échelle 185 la
+   précision passe de 0,850 à 0,895 (rappel 0,981) ; à l'échelle 1 : précision 0,9940 → 0,9944, rappel
+   0,9822 inchangé.
+3. **Pondération des paires** : les jointures sur les fréquences de noms portaient une condition sur la
+   seule table de gauche dans `ON`, que DuckDB exécutait en boucle imbriquée : 300 000 paires en 11,2 s →
+   1,2 s.
+4. **Regroupement sur la grille de seuils** : attributs du garde-fou convertis une fois (et non à chaque
+   seuil), précision/rappel calculés sur des codes entiers : 57 s de Python en moins à l'échelle 185.
+5. **Ouverture de la base par l'étape suivante** : `commit_step` fait un `CHECKPOINT` ; l'étape 02 passait
+   39 s à rejouer le journal laissé par l'étape 01 (10 M transactions).
+6. **Étape 05** : boucles Python par groupe vectorisées (opt-out par client et canal : 35 s ; texte des
+   issues par élément : 47 s) ; provenance des valeurs agrégée dans DuckDB au lieu d'un tableau pandas
+   d'une ligne par client et champ (~10 M lignes).
+7. **Mémoire** : `run.memory_limit` (`auto` = moitié de la RAM, 3 Gio au plus) borne DuckDB, qui prenait
+   jusqu'à 80 % de la RAM (15,8 Gio à l'étape 01) ; au-delà, DuckDB passe par `<base>.tmp/`.
+8. **Démarrage des noyaux** : `charts.setup` n'importe plus seaborn (thème écrit en clair) ; le chargeur
+   calcule ses contrôles de valeurs illisibles en une passe et cherche les identifiants en double sans
+   listes par groupe (9,8 s → 1,1 s sur 5,7 M commandes).
+
+**Deux défauts trouvés en mesurant** : avec ipykernel 7, un noyau sous charge restait inactif avec la
+requête d'exécution non lue (ipykernel#1554) – la chaîne et la suite de tests se bloquaient : ipykernel
+épinglé en 6.31. Et fusionner les étapes du chargeur en vues faisait planter DuckDB 1.5.6 de temps en
+temps (erreur de segmentation dans `StrpTimeFormat::Parse`, 3 étapes 01 sur 12) : elles restent des tables.
+
+**Restants (cibles non atteintes)**
+
+- Résumé à 10 M transactions : **6,2×** lifetimes, pas 15×. Le plancher mesuré ici est l'agrégation à deux
+  niveaux de DuckDB (client × jour puis client) : ~1,1 s même avec des clés entières, plus ~0,3 s de
+  conversion pandas et ~0,4 s de tri par client, sur 2 cœurs ; lifetimes met ~15 s. Il faudrait ≤ 1,0 s.
+- Chaîne à 10 M transactions : **812 s et 7,6 Gio** (contre 983 s et 8,0 Gio avant ces corrections ;
+  l'étape 01 seule prenait 15,8 Gio avant la limite). Reste : étape 01 282 s (chargement de 1,6 Go de CSV
+  135 s, rapprochement de 1,58 M fiches 126 s), étape 05 252 s (`alimenter.feed` : décisions champ par champ
+  en pandas, `_interaction_candidates`, contrôles e-mail/téléphone en Python) et sa mémoire (7,6 Gio pendant
+  `feed`), étape 03 111 s (segments RFM recalculés à chaque date de campagne, plan des campagnes).
+- Précision du rapprochement à l'échelle 185 : 0,895 au seuil 0,90 (rappel 0,981) ; le monde de démo a
+  un vocabulaire de noms et de villes fixe, donc bien plus d'homonymes par ville à 1,15 M personnes. Le
+  poids a priori du modèle (fixe) devrait dépendre de la taille de la base.
 """
 TARGETS = {"summary_speedup": 15.0, "fit_1m_s": 10.0, "demo_s": 90.0, "large_s": 300.0, "large_gib": 4.0}
 

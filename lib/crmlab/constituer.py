@@ -596,7 +596,10 @@ def threshold_table(view):
     from crmlab.display import table
 
     frame = view.thresholds.copy()
-    fmts = {"pairs_accepted": "int", "customers": "int", "precision": "pct", "recall": "pct", "f1": "pct"}
+    if "chosen" in frame:
+        frame["chosen"] = frame["chosen"].map({True: "✓ seuil retenu", False: ""})
+    fmts = {"threshold": "float", "pairs_accepted": "int", "customers": "int", "precision": "pct", "recall": "pct",
+            "f1": "pct"}
     return table(frame, formats={k: v for k, v in fmts.items() if k in frame}, labels={
         "threshold": "Seuil", "pairs_accepted": "Paires retenues", "customers": "Clients", "precision": "Précision",
         "recall": "Rappel", "f1": "F1", "chosen": "Retenu",
