@@ -325,7 +325,7 @@ def render(out: Path = common.BENCH / "RESULTS.md") -> Path:
     if saved["fit"]:
         lines += [f"_Mesuré le {saved['fit']['machine']['date']}, commande `bench/bench_fit.py`._", ""] + render_fit(saved["fit"])
     if saved["chain"]:
-        lines += [f"_Mesuré le {saved['chain']['machine']['date']}, commande `bench/bench_chain.py --profile`._", ""] + render_chain(saved["chain"])
+        lines += [f"_Mesuré le {saved['chain']['machine']['date']}, commande `bench/bench_chain.py` (démo et Online Retail : 3 exécutions ; démo à l'échelle 185 : 1)._", ""] + render_chain(saved["chain"])
     if saved["growth"]:
         lines += [f"_Mesuré le {saved['growth']['machine']['date']}, commande `bench/bench_growth.py`._", ""] + render_growth(saved["growth"])
     lines += [NOTES]
