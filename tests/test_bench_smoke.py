@@ -44,8 +44,6 @@ def test_three_summary_paths_agree(tiny_tx):
     loaded = bench_summary.case_crmlab(str(tiny_tx), loaded=True)
     pdx = bench_summary.case_pandas(str(tiny_tx))
     lt = bench_summary.case_lifetimes(str(tiny_tx))
-    prop = bench_summary.case_proposed(str(tiny_tx))
-    assert {k: prop[k] for k in prop if k.startswith(("sum", "cust"))} == {k: crm[k] for k in crm if k.startswith(("sum", "cust"))}
     keys = ["customers", "sum_frequency", "sum_recency", "sum_T"]
     assert [crm[k] for k in keys] == [pdx[k] for k in keys] == [lt[k] for k in keys] == [loaded[k] for k in keys]
     assert crm["sum_monetary"] == pytest.approx(pdx["sum_monetary"], rel=1e-9)

@@ -359,3 +359,30 @@ def test_house_theme_matches_seaborn_whitegrid_without_importing_it():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_stall_watch_kills_an_idle_kernel_and_spares_busy_and_older_ones():
+    import subprocess
+    import sys
+    import time
+
+    from crmlab.runner import StallWatch
+
+    marker = "crmlab-stall-test"
+    older = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", marker])
+    try:
+        with StallWatch(stall_s=1.0, poll_s=0.2, marker=marker) as watch:
+            busy = subprocess.Popen([sys.executable, "-c", "while True: pass", marker])
+            time.sleep(3.0)
+            assert busy.poll() is None and not watch.stalled  # computing: left alone
+            busy.kill()
+            busy.wait()
+            idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", marker])
+            deadline = time.monotonic() + 10
+            while idle.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+        assert watch.stalled and idle.poll() is not None  # idle: killed
+        assert older.poll() is None  # running before the watch: ignored
+    finally:
+        for proc in (older,):
+            proc.kill()

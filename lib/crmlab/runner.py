@@ -99,6 +99,7 @@ class StepResult:
     notebook: str | None = None
     html: str | None = None
     kpis: list = field(default_factory=list)
+    retried: str | None = None
 
 
 @dataclass
@@ -341,6 +342,89 @@ def run_chain(
                      seconds, index, run_json)
 
 
+#: a kernel using no CPU for this long while papermill waits on one of its cells has lost
+#: a message (seen a few times under load with ipykernel 6 and 7: kernel idle in its event
+#: loop, client waiting for the reply); every cell of the notebooks computes, none waits
+STALL_SECONDS = 90.0
+
+
+class StallWatch:
+    """Kill a Jupyter kernel started by this process that sits idle while a cell should run.
+
+    Use as a context manager around ``papermill.execute_notebook``: kernels already running
+    when it starts are ignored; a kernel whose CPU time does not grow for ``stall_s``
+    seconds is killed (papermill then raises ``DeadKernelError``) and ``stalled`` is set.
+    """
+
+    def __init__(self, stall_s: float = STALL_SECONDS, poll_s: float = 2.0, marker: str = "ipykernel_launcher") -> None:
+        import threading
+
+        self.stall_s, self.poll_s, self.marker = stall_s, poll_s, marker
+        self.stalled = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._ignored: set[int] = set()
+
+    def _kernels(self) -> list:
+        import psutil
+
+        out = []
+        for c in psutil.Process().children(recursive=True):
+            try:
+                if (c.pid not in self._ignored and c.status() != psutil.STATUS_ZOMBIE
+                        and self.marker in " ".join(c.cmdline())):
+                    out.append(c)
+            except psutil.Error:
+                continue
+        return out
+
+    def _watch(self) -> None:
+        import psutil
+
+        seen: dict[int, tuple[float, float]] = {}  # pid -> (cpu seconds, when it last grew)
+        while not self._stop.wait(self.poll_s):
+            for k in self._kernels():
+                try:
+                    t = sum(k.cpu_times()[:2])
+                except psutil.Error:
+                    continue
+                now = time.monotonic()
+                cpu, since = seen.get(k.pid, (-1.0, now))
+                if t > cpu + 0.01:
+                    seen[k.pid] = (t, now)
+                elif now - since > self.stall_s:
+                    self.stalled = True
+                    with contextlib.suppress(psutil.Error):
+                        k.kill()
+                    return
+
+    def __enter__(self) -> StallWatch:
+        self._ignored = {k.pid for k in self._kernels()}
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _execute(pm, step: Step, rp: params.RunParams, out_nb: Path, kernel_name: str, marks: dict) -> None:
+    pm.execute_notebook(
+        str(step.notebook),
+        str(out_nb),
+        parameters=rp.for_step(step.code),
+        cwd=str(step.notebook.parent),
+        kernel_name=kernel_name,
+        start_timeout=180,  # a kernel that never answers fails the step instead of hanging
+        execution_timeout=3600,  # per cell
+        progress_bar=False,
+        log_output=False,
+        request_save_on_cell_execute=False,
+        on_notebook_start=lambda **_: marks.setdefault("kernel_ready", time.perf_counter()),
+        extra_arguments=["--IPKernelApp.log_level=CRITICAL", "--HistoryManager.enabled=False"],  # no kernel start-up chatter
+    )
+
+
 def _run_step(step: Step, rp: params.RunParams, out_dir: Path, res: StepResult, kernel_name: str) -> None:
     """Execute one notebook and render its report; fill ``res`` (never raises)."""
     import papermill as pm
@@ -351,21 +435,21 @@ def _run_step(step: Step, rp: params.RunParams, out_dir: Path, res: StepResult, 
     t0 = time.perf_counter()
     try:
         try:
-            with _kernel_env():
-                pm.execute_notebook(
-                    str(step.notebook),
-                    str(out_nb),
-                    parameters=rp.for_step(step.code),
-                    cwd=str(step.notebook.parent),
-                    kernel_name=kernel_name,
-                    start_timeout=180,  # a kernel that never answers fails the step instead of hanging
-                    execution_timeout=3600,  # per cell
-                    progress_bar=False,
-                    log_output=False,
-                    request_save_on_cell_execute=False,
-                    on_notebook_start=lambda **_: marks.setdefault("kernel_ready", time.perf_counter()),
-                    extra_arguments=["--IPKernelApp.log_level=CRITICAL", "--HistoryManager.enabled=False"],  # no kernel start-up chatter
-                )
+            for attempt in (1, 2):
+                watch = StallWatch()
+                try:
+                    with _kernel_env(), watch:
+                        _execute(pm, step, rp, out_nb, kernel_name, marks)
+                    break
+                except Exception:
+                    if not watch.stalled or attempt == 2:
+                        raise
+                    # the step's transaction died with the kernel: nothing was written, run it again
+                    res.retried = (f"noyau resté inactif {STALL_SECONDS:.0f} s pendant une cellule : "
+                                   "étape relancée une fois")
+                    logging.getLogger("crmlab").warning("étape %s : %s", step.code, res.retried)
+                    marks.clear()
+                    t0 = time.perf_counter()
             res.status = "ok"
         except pm.PapermillExecutionError as exc:
             res.status = "failed"
