@@ -185,8 +185,10 @@ def summary(
                CAST(COUNT(*) - 1 AS BIGINT) AS frequency,
                date_diff('day', MIN(day), MAX(day)) / ? AS recency,
                date_diff('day', MIN(day), CAST(? AS DATE) - INTERVAL 1 DAY) / ? AS T,
-               -- mean value of the repeat purchases: all purchases but the first one
-               CASE WHEN COUNT(*) > 1 THEN (SUM(value) - arg_min(value, g)) / (COUNT(*) - 1) ELSE 0 END AS monetary,
+               -- mean value of the repeat purchases: all purchases but the first one; rounded to
+               -- 1e-6 so that the summation order of parallel threads (last bits) and the
+               -- cancellation of the subtraction never reach the models
+               CASE WHEN COUNT(*) > 1 THEN round((SUM(value) - arg_min(value, g)) / (COUNT(*) - 1), 6) ELSE 0 END AS monetary,
                MIN(day) AS first_purchase
         FROM p GROUP BY customer_id ORDER BY customer_id
     """
