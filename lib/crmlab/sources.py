@@ -1237,16 +1237,12 @@ def _load_file(con: duckdb.DuckDBPyConnection, source: dict, spec: dict, fl: Fil
     con.execute(f"CREATE OR REPLACE TEMP TABLE {typed} AS SELECT {_ROW}, _status, {', '.join(parts)} FROM {mapped}")
 
     # 3. row classification: excluded / filtered / rejected (first failing required column) / kept
-    reasons = []
+    reasons, rcols = [], []
     for c, (ctype, req) in spec.items():
         if not req or c not in flags:
             continue
         reasons.append(f"WHEN NOT {_q('n_' + c)} THEN {_lit(_missing_reason(c))}")
         reasons.append(f"WHEN {_q('b_' + c)} THEN {_lit(_bad_reason(c, ctype))}")
-    rcols = []
-    for c, (_ctype, req) in spec.items():
-        if not req or c not in flags:
-            continue
         rcols.append(f"WHEN NOT {_q('n_' + c)} OR {_q('b_' + c)} THEN {_lit(c)}")
     reason_sql = ("CASE " + " ".join(reasons) + " END") if reasons else "NULL"
     rcol_sql = ("CASE " + " ".join(rcols) + " END") if rcols else "NULL"
