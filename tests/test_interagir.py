@@ -3,9 +3,11 @@
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
-from crmlab import db, exports, interagir, uplift
+
+from crmlab import db, exports, interagir, normalize, uplift
 from crmlab.errors import ParamsError
 
 COSTS = {"email": 0.05, "sms": 0.10, "courrier": 1.20, "telephone": 4.00}
@@ -219,3 +221,54 @@ def test_best_channel_per_segment_matches_demo_truth(tmp_path):
     assert checked["confirmed"].sum() >= 2
     # where the truth differs by a wide margin (À risque: mail +11.9 pt vs e-mail +1.5 pt), the winner is right
     assert checked.loc["À risque", "channel"] == "courrier"
+
+
+def test_phone_kinds_match_phonenumbers_for_every_french_prefix():
+    """The vectorised E.164 path reads a number exactly as crmlab.normalize (phonenumbers) does."""
+    rng = np.random.default_rng(1)
+    # every 5-digit start of a 9-digit French number (the metadata patterns look at most that far)
+    nums = [f"+33{p}{rng.integers(0, 10_000):04d}" for p in range(10_000, 100_000)]
+    nums += ["+33012345678", "+3361234567", "+336123456789", " +33612345678", "0612345678", "06 12 34 56 78",
+             "+447700900123", "+33 6 12 34 56 78", 612345678.0, "612345678.0", None, "", "abc", "+33912345678",
+             "+33800123456", "+33612345678", "+33612345678"]
+    phones = pd.Series(nums, dtype=object, index=range(5, 5 + len(nums)))
+    got = exports.phone_kinds(phones)
+    assert got.index.equals(phones.index)
+    assert got["valid"].tolist() == [normalize.phone(v) is not None for v in nums]
+    assert got["mobile"].tolist() == [normalize.phone_is_mobile(v) is True for v in nums]
+    assert got["mobile"].sum() > 1000 and (got["valid"] & ~got["mobile"]).sum() > 1000 and (~got["valid"]).sum() > 1000
+
+
+def test_plan_members_reads_only_target_members(tmp_path):
+    """Consent and reach flags of target members; customers outside the targets are not read."""
+    con = db.connect(":memory:")
+    con.execute("""INSERT INTO customers (customer_id, email, phone, address, postal_code, city) VALUES
+        ('a', 'a@x.fr', '+33612345678', '1 rue A', '75001', 'Paris'),
+        ('b', 'pas-un-email', '+33140000000', NULL, '75001', 'Paris'),
+        ('c', 'c@x.fr', NULL, '2 rue C', '69001', 'Lyon'),
+        ('z', 'z@x.fr', '+33612345670', '3 rue Z', '13001', 'Marseille')""")
+    con.execute("""INSERT INTO consents (customer_id, channel, opted_in, updated_at) VALUES
+        ('a', 'email', true, '2024-01-01'), ('a', 'sms', true, '2024-01-01'), ('a', 'courrier', true, NULL),
+        ('b', 'email', true, '2024-01-01'), ('b', 'telephone', true, '2024-01-01'), ('b', 'sms', true, '2024-01-01'),
+        ('c', 'email', true, '2024-01-01'), ('c', 'email', false, '2024-01-01'), ('c', 'courrier', true, '2024-02-01'),
+        ('z', 'email', true, '2024-01-01')""")
+    con.execute("""INSERT INTO campaigns (campaign_id, name, start_date, status, source)
+                   VALUES ('P', 'Cible', '2025-01-01', 'planned', 'segmenter')""")
+    con.execute("INSERT INTO campaign_contacts (campaign_id, customer_id, grp) VALUES ('P', 'a', 'treatment'), "
+                "('P', 'b', 'treatment'), ('P', 'c', 'control')")
+    p = _p(tmp_path)
+    targets = interagir.planned_targets(con, p["as_of"])
+    m = interagir.plan_members(con, p, targets).set_index("customer_id")
+    assert list(m.index) == ["a", "b", "c"] and set(m["segment"]) == {interagir.NO_SEGMENT}  # no snapshot, no purchase
+    # the latest snapshot not after as_of gives segment, CLV and p_alive
+    con.execute("""INSERT INTO segments (as_of, customer_id, rfm_segment, clv, p_alive) VALUES
+        ('2024-06-01', 'a', 'À risque', 10, 0.5), ('2024-12-01', 'a', 'Champions', 120, 0.9),
+        ('2025-06-01', 'a', 'Fidèles', 1, 0.1), ('2024-12-01', 'z', 'Champions', 5, 0.2)""")
+    m = interagir.plan_members(con, p, targets).set_index("customer_id")
+    assert m.columns.tolist() == ["campaign_id", "grp", "segment", "clv", "p_alive", *[f"ok_{ch}" for ch in COSTS]]
+    assert m["segment"].to_dict() == {"a": "Champions", "b": interagir.NO_SEGMENT, "c": interagir.NO_SEGMENT}
+    assert m.loc["a", "clv"] == 120 and m.loc["a", "p_alive"] == 0.9 and np.isnan(m.loc["b", "clv"])
+    flags = m[[f"ok_{ch}" for ch in COSTS]].astype(bool)
+    assert flags.loc["a"].tolist() == [True, True, True, False]    # no telephone consent
+    assert flags.loc["b"].tolist() == [False, False, False, True]  # bad e-mail, landline: telephone only
+    assert flags.loc["c"].tolist() == [False, False, True, False]  # e-mail: the opt-out wins the tie

@@ -268,3 +268,57 @@ def _tables(con) -> dict:
         where = {"model_fits": " WHERE param <> 'seconds'", "kpis": " WHERE dimension NOT LIKE '%.seconds'"}.get(t, "")
         out[t] = con.execute(f"SELECT {', '.join(keep)} FROM {t}{where} ORDER BY ALL").df()
     return out
+
+
+# --------------------------------------------------------------------------- segment evolution
+
+
+def _evolution_db(n_snapshots: int):
+    """Random purchases of 300 customers over two years and R x F grid snapshots (scores from compute_rfm)."""
+    from crmlab import rfm
+
+    rng = np.random.default_rng(11)
+    n = 2500
+    frame = pd.DataFrame({
+        "transaction_id": [f"t{i}" for i in range(n)],
+        "order_id": [f"o{i // 2}" for i in range(n)],
+        "customer_id": [f"c{i:03d}" for i in rng.integers(0, 300, n)],
+        "ts": pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 730 * 24, n), unit="h"),
+        "amount": rng.choice([15.0, 40.0, -10.0, 80.0], n),
+    })
+    con = db.connect(":memory:")
+    con.register("f", frame)
+    con.execute("INSERT INTO transactions (transaction_id, order_id, customer_id, ts, amount) "
+                "SELECT transaction_id, order_id, customer_id, ts, amount FROM f")
+    for d in ["2025-06-01", "2026-01-01"][-n_snapshots:]:
+        s = rfm.assign_segments(rfm.compute_rfm(con, d, bins=5), "rf_grid", 5)
+        con.register("s", s.assign(as_of=d))
+        con.execute("""INSERT INTO segments (as_of, customer_id, r_score, f_score, m_score, rfm_segment)
+                       SELECT CAST(as_of AS DATE), customer_id, r_score, f_score, m_score, rfm_segment FROM s""")
+    return con
+
+
+@pytest.mark.parametrize("n_snapshots", [1, 2], ids=["recomputed", "snapshots"])
+def test_segment_evolution_flows_count_every_move(n_snapshots):
+    """Flows per segment: sizes at both dates, customers gained and lost (new customers come from nowhere)."""
+    from crmlab import rfm
+
+    con = _evolution_db(n_snapshots)
+    evo = mesurer.segment_evolution(con, {"comparison_months": 7})
+    assert evo["source"] == ("recomputed" if n_snapshots == 1 else "snapshots")
+    assert (evo["date_before"], evo["date_after"]) == ("2025-06-01", "2026-01-01")
+    after = con.execute("SELECT customer_id, rfm_segment FROM segments WHERE as_of = '2026-01-01'").df()
+    before = rfm.assign_segments(rfm.compute_rfm(con, "2025-06-01", bins=5), "rf_grid", 5)[["customer_id", "rfm_segment"]]
+    a = dict(zip(after["customer_id"], after["rfm_segment"], strict=True))
+    b = dict(zip(before["customer_id"], before["rfm_segment"], strict=True))
+    flows = evo["flows"].set_index("segment")
+    assert set(flows.index) == set(a.values()) | set(b.values())
+    for s, row in flows.iterrows():
+        assert row["before"] == sum(v == s for v in b.values())
+        assert row["after"] == sum(v == s for v in a.values())
+        assert row["gained"] == sum(v == s and b.get(c) != s for c, v in a.items())
+        assert row["lost"] == sum(b.get(c) == s and v != s for c, v in a.items())
+        assert row["change"] == row["after"] - row["before"]
+    assert flows["gained"].sum() > 0 and flows["lost"].sum() > 0
+    moved = [b[c] != v for c, v in a.items() if c in b]
+    assert evo["moved_share"] == pytest.approx(sum(moved) / len(moved))

@@ -3,9 +3,10 @@ import itertools
 import numpy as np
 import pandas as pd
 import pytest
+from pandas.testing import assert_frame_equal
+
 from crmlab import db, rfm
 from crmlab.errors import ParamsError
-from pandas.testing import assert_frame_equal
 
 AS_OF = "2024-01-11"
 
@@ -176,3 +177,66 @@ def test_every_combination_enumerated():
     combos = set(itertools.product(range(1, 5), repeat=3))
     table = rfm.scheme_table("rf_grid", 4)
     assert set(map(tuple, table[["r_score", "f_score", "m_score"]].to_numpy().tolist())) == combos
+
+
+def _per_date_segments(c, dates, bins, basis):
+    """Reference: compute_rfm + assign_segments date by date."""
+    parts = []
+    for d in dates:
+        s = rfm.compute_rfm(c, d, bins=bins, frequency_basis=basis)
+        if len(s):
+            s = rfm.assign_segments(s, "rf_grid", bins)
+            parts.append(s.assign(as_of=d)[["as_of", "customer_id", "recency_days", "frequency", "r_score", "f_score",
+                                            "rfm_segment"]])
+    return pd.concat(parts, ignore_index=True)
+
+
+@pytest.mark.parametrize("n_dates", [1, 6], ids=["one-date", "six-dates"])
+@pytest.mark.parametrize("basis", ["orders", "days"])
+@pytest.mark.parametrize("bins", [3, 5, 10])
+def test_rf_grid_at_equals_per_date_rfm(basis, bins, n_dates):
+    """One pass over all dates gives, date by date, the scores and segments of compute_rfm."""
+    rng = np.random.default_rng(7)
+    n = 3000
+    frame = pd.DataFrame({
+        "customer_id": [f"c{i:03d}" for i in rng.integers(0, 400, n)],
+        # shared orders (several lines), empty or missing order ids, refunds, null amounts, same-day purchases
+        "order_id": rng.choice(["", None, *[f"o{i}" for i in range(1500)]], n),
+        "transaction_id": [f"t{i}" for i in range(n)],
+        "ts": pd.Timestamp("2023-01-01") + pd.to_timedelta(rng.integers(0, 720 * 24, n), unit="h"),
+        "amount": rng.choice([10.0, 20.0, -15.0, 0.0, np.nan, 35.5], n),
+    })
+    c = db.connect(":memory:")
+    c.register("f", frame)
+    c.execute("INSERT INTO transactions (transaction_id, order_id, customer_id, ts, amount) "
+              "SELECT transaction_id, order_id, customer_id, ts, amount FROM f")
+    dates = ["2023-01-02", "2023-03-15", "2023-09-01", "2024-02-29", "2024-12-31", "2025-06-01"]
+    dates = dates if n_dates > 1 else ["2024-02-29"]  # one date: orders counted without the orders pass
+    got = rfm.rf_grid_at(c, [*dates[::-1], dates[-1], None], bins=bins, frequency_basis=basis)  # duplicates, nulls ignored
+    cols = ["as_of", "customer_id", "recency_days", "frequency", "r_score", "f_score", "rfm_segment"]
+    want = _per_date_segments(c, dates, bins, basis).sort_values(["as_of", "customer_id"]).reset_index(drop=True)
+    assert got.columns.tolist() == cols
+    assert got.equals(got.sort_values(["as_of", "customer_id"]).reset_index(drop=True))
+    assert len(want) > (1000 if n_dates > 1 else 300) and want["rfm_segment"].nunique() >= 5
+    assert_frame_equal(got.astype({"r_score": "int64", "f_score": "int64", "rfm_segment": object}),
+                       want.astype({"r_score": "int64", "f_score": "int64", "rfm_segment": object}),
+                       check_dtype=False)
+    # only some (date, customer) pairs: same values, scores still ranked over every customer
+    keys = want.sample(200, random_state=1)[["as_of", "customer_id"]]
+    keys = pd.concat([keys, pd.DataFrame({"as_of": [dates[0]], "customer_id": ["nobody"]})])
+    part = rfm.rf_grid_at(c, keys["as_of"].unique(), bins=bins, frequency_basis=basis, keys=keys)
+    merged = keys.merge(part, on=["as_of", "customer_id"], how="left").merge(
+        want, on=["as_of", "customer_id"], how="left", suffixes=("", "_want"))
+    assert len(part) == 200 and merged["rfm_segment"].isna().sum() == 1
+    done = merged.dropna(subset=["rfm_segment"])
+    assert (done["rfm_segment"] == done["rfm_segment_want"]).all()
+    assert (done["r_score"] == done["r_score_want"]).all() and (done["f_score"] == done["f_score_want"]).all()
+
+
+def test_rf_grid_at_rejects_unknown_basis_and_handles_nothing(con):
+    with pytest.raises(ParamsError, match="orders, days"):
+        rfm.rf_grid_at(con, ["2024-01-01"], frequency_basis="weeks")
+    assert rfm.rf_grid_at(con, []).empty
+    assert rfm.rf_grid_at(con, ["2024-01-01"], keys=pd.DataFrame(columns=["as_of", "customer_id"])).empty
+    # a date before any purchase gives no row
+    assert rfm.rf_grid_at(con, ["2020-01-01"]).empty

@@ -104,25 +104,17 @@ def resolve_as_of(con: duckdb.DuckDBPyConnection, p: dict) -> str:
 def segments_at(con: duckdb.DuckDBPyConnection, dates, *, bins: int = 5, frequency_basis: str = "orders") -> pd.DataFrame:
     """RFM segment (default R × F grid) of every customer at each date, from the transactions.
 
-    Calls :func:`crmlab.rfm.compute_rfm` (purchases strictly before the date) and
-    :func:`crmlab.rfm.assign_segments` once per distinct date.
+    Same result as :func:`crmlab.rfm.compute_rfm` (purchases strictly before the date) and
+    :func:`crmlab.rfm.assign_segments` date by date, in one pass over the transactions
+    (:func:`crmlab.rfm.rf_grid_at`).
 
     Returns
     -------
     DataFrame
-        ``as_of`` (date string), ``customer_id``, ``segment``.
+        ``as_of`` (date string), ``customer_id``, ``segment``, sorted by date and customer.
     """
-    parts = []
-    for d in sorted({str(pd.Timestamp(x).date()) for x in dates}):
-        scores = rfm.compute_rfm(con, d, bins=bins, frequency_basis=frequency_basis)
-        if scores.empty:
-            continue
-        seg = rfm.assign_segments(scores, "rf_grid", bins)
-        parts.append(pd.DataFrame({"as_of": d, "customer_id": seg["customer_id"].astype(str),
-                                   "segment": seg["rfm_segment"].astype(str)}))
-    if not parts:
-        return pd.DataFrame(columns=["as_of", "customer_id", "segment"])
-    return pd.concat(parts, ignore_index=True)
+    seg = rfm.rf_grid_at(con, list(dates), bins=bins, frequency_basis=frequency_basis)
+    return seg[["as_of", "customer_id", "rfm_segment"]].rename(columns={"rfm_segment": "segment"})
 
 
 def campaign_responses(con: duckdb.DuckDBPyConnection, p: dict) -> pd.DataFrame:
@@ -157,7 +149,7 @@ def campaign_responses(con: duckdb.DuckDBPyConnection, p: dict) -> pd.DataFrame:
             GROUP BY cc.campaign_id, cc.customer_id
             HAVING count(DISTINCT cc.grp) = 1
         )
-        SELECT k.campaign_id, k.channel, k.start_date, k.customer_id, k.grp,
+        SELECT k.campaign_id, k.channel, strftime(k.start_date, '%Y-%m-%d') AS start_date, k.customer_id, k.grp,
                count(t.transaction_id) > 0 AS responded, coalesce(sum(t.amount), 0.0) AS revenue
         FROM k LEFT JOIN transactions t
           ON t.customer_id = k.customer_id AND t.amount > 0
@@ -167,9 +159,11 @@ def campaign_responses(con: duckdb.DuckDBPyConnection, p: dict) -> pd.DataFrame:
     """, [window, as_of, window]).df()
     if frame.empty:
         return frame.assign(segment=pd.Series(dtype=object))
-    frame["start_date"] = pd.to_datetime(frame["start_date"]).dt.date.astype(str)
-    seg = segments_at(con, frame["start_date"].unique(), bins=p["rfm_bins"], frequency_basis=p["rfm_frequency_basis"])
-    out = frame.merge(seg.rename(columns={"as_of": "start_date"}), on=["start_date", "customer_id"], how="left")
+    keys = frame[["start_date", "customer_id"]].rename(columns={"start_date": "as_of"})
+    seg = rfm.rf_grid_at(con, keys["as_of"].unique(), bins=p["rfm_bins"], frequency_basis=p["rfm_frequency_basis"],
+                         keys=keys)
+    seg = seg[["as_of", "customer_id", "rfm_segment"]].rename(columns={"as_of": "start_date", "rfm_segment": "segment"})
+    out = frame.merge(seg, on=["start_date", "customer_id"], how="left")
     out["segment"] = out["segment"].fillna(NO_SEGMENT)
     out["responded"] = out["responded"].astype(bool)
     return out
@@ -352,32 +346,68 @@ def plan_members(con: duckdb.DuckDBPyConnection, p: dict, targets: pd.DataFrame,
         for each channel of ``p["channel_costs"]``.
     """
     as_of = resolve_as_of(con, p)
-    ids = targets[["campaign_id"]].astype(str)
-    register_frame(con, "_plan_ids", ids)
+    channels = list(p["channel_costs"])
+    register_frame(con, "_plan_ids", targets[["campaign_id"]].astype(str))
     try:
-        members = con.execute("""
-            SELECT cc.campaign_id, cc.customer_id, any_value(cc.grp) AS grp
-            FROM campaign_contacts cc JOIN _plan_ids USING (campaign_id)
-            WHERE cc.customer_id IS NOT NULL GROUP BY ALL ORDER BY 1, 2
+        # contact fields of the members, read once; reachability per row, then per customer (any row)
+        cust = con.execute("""
+            SELECT customer_id, email, phone, address, postal_code, city FROM customers
+            WHERE customer_id IN (SELECT cc.customer_id FROM campaign_contacts cc JOIN _plan_ids USING (campaign_id))
         """).df()
+        flags = exports.reachable_channels(cust, channels, region)
+        reach = pd.DataFrame({"customer_id": cust["customer_id"].to_numpy(dtype=object),
+                              **{f"r{i}": flags[ch].to_numpy() for i, ch in enumerate(channels)}})
+        register_frame(con, "_plan_reach", reach)
+        snap = con.execute("SELECT max(as_of) FROM segments WHERE as_of <= CAST(? AS DATE)", [as_of]).fetchone()[0]
+        n = len(channels)  # parameters: $1..$n channels, then the label without segment and the snapshot date
+        seg_cols = f"coalesce(s.rfm_segment, ${n + 1}) AS segment, s.clv, s.p_alive" if snap is not None else ""
+        seg_join = f"LEFT JOIN segments s ON s.as_of = ${n + 2} AND s.customer_id = m.customer_id" if snap is not None else ""
+        flags = ", ".join(f"bool_or(channel = ${i + 1} AND opted_in) AS c{i}" for i in range(n))
+        reached = ", ".join(f"bool_or(r{i}) AS r{i}" for i in range(n))
+        ok = ", ".join(f"coalesce(r.r{i} AND c.c{i}, false) AS \"ok_{i}\"" for i in range(n))
+        out = con.execute(f"""
+            WITH m AS (
+                SELECT cc.campaign_id, cc.customer_id, any_value(cc.grp) AS grp
+                FROM campaign_contacts cc JOIN _plan_ids USING (campaign_id)
+                WHERE cc.customer_id IS NOT NULL GROUP BY ALL
+            ), cur AS (  -- current consent of each member per channel (see exports.current_consents)
+                SELECT customer_id, channel, opted_in FROM consents
+                WHERE customer_id IN (SELECT customer_id FROM m) AND channel IS NOT NULL AND opted_in IS NOT NULL
+                QUALIFY row_number() OVER (PARTITION BY customer_id, channel
+                                           ORDER BY updated_at DESC NULLS LAST, opted_in ASC) = 1
+            ), c AS (
+                SELECT customer_id, {flags} FROM cur GROUP BY customer_id
+            ), r AS (
+                SELECT customer_id, {reached} FROM _plan_reach GROUP BY customer_id
+            )
+            SELECT m.campaign_id, m.customer_id, m.grp{", " + seg_cols if seg_cols else ""}, {ok}
+            FROM m {seg_join}
+            LEFT JOIN c ON c.customer_id = m.customer_id
+            LEFT JOIN r ON r.customer_id = m.customer_id
+            ORDER BY m.campaign_id, m.customer_id
+        """, [*channels, *([NO_SEGMENT, snap] if snap is not None else [])]).df()
     finally:
         con.unregister("_plan_ids")
-    snap = con.execute("SELECT max(as_of) FROM segments WHERE as_of <= CAST(? AS DATE)", [as_of]).fetchone()[0]
-    if snap is not None:
-        seg = con.execute("SELECT customer_id, rfm_segment AS segment, clv, p_alive FROM segments WHERE as_of = ?", [snap]).df()
-    else:
+        con.unregister("_plan_reach")
+    out = out.rename(columns={f"ok_{i}": f"ok_{ch}" for i, ch in enumerate(channels)})
+    if snap is None:
         seg = segments_at(con, [as_of], bins=p["rfm_bins"], frequency_basis=p["rfm_frequency_basis"])
         seg = seg.drop(columns="as_of").assign(clv=np.nan, p_alive=np.nan)
-    out = members.merge(seg, on="customer_id", how="left")
-    out["segment"] = out["segment"].fillna(NO_SEGMENT)
-    cust = con.execute("SELECT customer_id, email, phone, address, postal_code, city FROM customers").df()
-    cust = cust[cust["customer_id"].isin(out["customer_id"])]
-    consents = exports.consent_matrix(exports.current_consents(con), cust["customer_id"], list(p["channel_costs"]))
-    for ch in p["channel_costs"]:
-        ok = cust.loc[reach_mask(cust, ch, region), "customer_id"]
-        allowed = consents.loc[consents[ch], "customer_id"]
-        out[f"ok_{ch}"] = out["customer_id"].isin(set(ok) & set(allowed))
-    return out
+        out = out.merge(seg, on="customer_id", how="left")
+        out["segment"] = out["segment"].fillna(NO_SEGMENT)
+    cols = ["campaign_id", "customer_id", "grp", "segment", "clv", "p_alive", *[f"ok_{ch}" for ch in channels]]
+    return out[cols]
+
+
+def _customers_of(con: duckdb.DuckDBPyConnection, ids: pd.Series, fields: list[str]) -> pd.DataFrame:
+    """Rows of ``customers`` (``customer_id`` and ``fields``) whose id is in ``ids``."""
+    register_frame(con, "_cust_ids", pd.DataFrame({"customer_id": pd.Series(ids, dtype=object).dropna().astype(str)
+                                                   .drop_duplicates().to_numpy(dtype=object)}))
+    try:
+        return con.execute(f"""SELECT customer_id, {', '.join(fields)} FROM customers
+                               WHERE customer_id IN (SELECT customer_id FROM _cust_ids)""").df()
+    finally:
+        con.unregister("_cust_ids")
 
 
 def reach_mask(customers: pd.DataFrame, channel: str, region: str = "FR") -> np.ndarray:
@@ -616,9 +646,9 @@ def export_plan(con: duckdb.DuckDBPyConnection, contacts: pd.DataFrame, p: dict,
         for f in folder.iterdir():
             if f.suffix in (".csv", ".xlsx") and any(f.name.startswith(par + "-") for par in parents):
                 f.unlink()
-    cust = con.execute("SELECT customer_id, first_name, last_name, email, phone, address, postal_code, city FROM customers").df()
-    cust = cust[cust["customer_id"].isin(contacts["customer_id"])]
-    return exports.write_exports(contacts, cust, exports.current_consents(con), folder, p["export_format"], region)
+    treated = contacts.loc[contacts["grp"] == "treatment", "customer_id"]
+    cust = _customers_of(con, treated, ["first_name", "last_name", "email", "phone", "address", "postal_code", "city"])
+    return exports.write_exports(contacts, cust, exports.current_consents(con, treated), folder, p["export_format"], region)
 
 
 def exports_display(files: pd.DataFrame):
@@ -849,16 +879,17 @@ def check_output(con: duckdb.DuckDBPyConnection, p: dict, files: pd.DataFrame) -
               "le coût du plan respecte le budget")
     folder = output_dir(p) / "exports"
     ctrl = set(con.execute(f"""SELECT cc.customer_id FROM campaign_contacts cc JOIN ({mine}) c USING (campaign_id)
-                               WHERE cc.grp = 'control'""").df()["customer_id"])
-    consents = exports.current_consents(con)
+                               WHERE cc.grp = 'control'""").df()["customer_id"].to_numpy(dtype=object))
+    read = {f.file: exports.read_export(folder / f.file) for f in files.itertuples(index=False)}
+    ids_of = {name: set(rows["id_client"].to_numpy(dtype=object)) if len(rows) else set() for name, rows in read.items()}
+    consents = exports.current_consents(con, pd.Series(list(set().union(*ids_of.values())), dtype=object))
     for f in files.itertuples(index=False):
-        rows = exports.read_export(folder / f.file)
-        ids = set(rows["id_client"]) if len(rows) else set()
+        ids = ids_of[f.file]
         if ids & ctrl:
             from crmlab.errors import CheckError
 
             raise CheckError(f"Contrôle échoué : le fichier {f.file} contient {len(ids & ctrl)} membre(s) d'un groupe témoin")
-        ok = set(consents[(consents["channel"] == f.channel) & consents["opted_in"]]["customer_id"])
+        ok = set(consents.loc[(consents["channel"] == f.channel) & consents["opted_in"], "customer_id"].to_numpy(dtype=object))
         if ids - ok:
             from crmlab.errors import CheckError
 

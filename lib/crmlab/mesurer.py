@@ -387,16 +387,19 @@ def segment_evolution(con: duckdb.DuckDBPyConnection, p: dict) -> dict:
                              [dates[-2]]).df()
         out.update(date_before=dates[-2], source="snapshots")
     else:
-        scheme = _segment_scheme(set(after["segment"].dropna()))
+        scheme = _segment_scheme(set(after["segment"].dropna().unique()))
         if scheme is None:
             return out
         bins = int(con.execute("SELECT max(r_score) FROM segments WHERE as_of = CAST(? AS DATE)", [dates[-1]]).fetchall()[0][0] or 5)
         bins = min(max(bins, 3), 10)
         t0 = (pd.Timestamp(dates[-1]) - pd.DateOffset(months=p.get("comparison_months", 6))).date().isoformat()
-        b = rfm.compute_rfm(con, t0, bins=bins)
+        if scheme[0] == "rf_grid":  # R x F only: the one-pass SQL (same scores as compute_rfm, orders basis)
+            b = rfm.rf_grid_at(con, [t0], bins=bins)
+        else:
+            b = rfm.compute_rfm(con, t0, bins=bins)
+            b = rfm.assign_segments(b, scheme[0], bins) if len(b) else b
         if b.empty:
             return out
-        b = rfm.assign_segments(b, scheme[0], bins)
         before = b[["customer_id", "rfm_segment"]].rename(columns={"rfm_segment": "segment"})
         before["segment"] = before["segment"].astype(str)
         out.update(date_before=t0, source="recomputed")
@@ -408,14 +411,18 @@ def segment_evolution(con: duckdb.DuckDBPyConnection, p: dict) -> dict:
     m["before"] = m["before"].astype(object).where(m["before"].notna(), NEW_LABEL)
     old = m[m["before"] != NEW_LABEL]
     out["moved_share"] = float((old["before"] != old["segment"]).mean()) if len(old) else math.nan
-    segs = list(dict.fromkeys(list(order) + sorted(set(before["segment"].dropna()) - set(order))))
+    segs = list(dict.fromkeys(list(order) + sorted(set(before["segment"].dropna().unique()) - set(order))))
+    # counts per segment in one pass each (not one scan of every customer per segment)
+    n_before = before["segment"].value_counts()
+    n_after = after["segment"].value_counts()
+    moved = m[(m["segment"] != m["before"]).to_numpy()]
+    n_gained = moved["segment"].value_counts()  # now in s, before elsewhere
+    n_lost = moved["before"].value_counts()     # before in s, now elsewhere
     rows = []
     for s in segs:
-        b_n = int((before["segment"] == s).sum())
-        a_n = int((after["segment"] == s).sum())
-        gained = int(((m["segment"] == s) & (m["before"] != s)).sum())
-        lost = int(((m["before"] == s) & (m["segment"] != s)).sum())
-        rows.append({"segment": s, "before": b_n, "after": a_n, "change": a_n - b_n, "gained": gained, "lost": lost})
+        b_n, a_n = int(n_before.get(s, 0)), int(n_after.get(s, 0))
+        rows.append({"segment": s, "before": b_n, "after": a_n, "change": a_n - b_n,
+                     "gained": int(n_gained.get(s, 0)), "lost": int(n_lost.get(s, 0))})
     out["flows"] = pd.DataFrame(rows)
     return out
 

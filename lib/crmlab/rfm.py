@@ -29,6 +29,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from crmlab.db import register_frame
 from crmlab.errors import ParamsError
 
 # --------------------------------------------------------------------------- schemes
@@ -367,6 +368,179 @@ def compute_rfm(
     start = window_start(as_of, revenue_months)
     sql = _RFM_SQL.replace("{freq}", freq).replace("{monetary}", monetary)
     return con.execute(sql, [as_of, start, as_of, bins, bins, bins]).df()
+
+
+# Recency and frequency of every customer at several dates in one pass over the
+# transactions. The K dates are numbered k = 1..K in increasing order; a purchase day
+# counts at date k when it falls strictly before it, i.e. from the first date after it
+# (``{bucket}``: a CASE over the K dates). Per customer and first date k, the new purchase
+# days (or new orders) are counted and the latest day kept; sums and maxima cumulated
+# over k give the values at each date, each cumulative row holding until the customer's
+# next active date (``k_next``). The scores use the same minimum-rank rule as
+# ``_RFM_SQL``, the rank of a value being 1 + the number of customers at the same date
+# with a strictly "better" value (from histograms, without sorting the customers).
+_RF_AT_SQL = """
+WITH d AS (
+    SELECT CAST(as_of AS DATE) AS as_of, CAST(row_number() OVER (ORDER BY CAST(as_of AS DATE)) AS BIGINT) AS k
+    FROM _rf_dates
+), tx AS (
+    SELECT customer_id, CAST(ts AS DATE) AS day, amount, {bucket} AS k{order_key}
+    FROM transactions
+    WHERE customer_id IS NOT NULL AND ts IS NOT NULL AND ts < (SELECT max(as_of) FROM d)
+), per_k AS (
+    SELECT customer_id, k, max(day) AS last_any, max(day) FILTER (WHERE amount > 0) AS last_pos,
+           count(DISTINCT day) FILTER (WHERE amount > 0) AS n_days{n_orders}
+    FROM tx
+    GROUP BY customer_id, k
+){orders_cte}, cum AS MATERIALIZED (
+    SELECT customer_id, k,
+           max(last_any) OVER w AS last_any, max(last_pos) OVER w AS last_pos,
+           CAST(sum({new}) OVER w AS BIGINT) AS frequency,
+           lead(k, 1, {k_end}) OVER (PARTITION BY customer_id ORDER BY k) AS k_next
+    FROM per_k{orders_join}
+    WINDOW w AS (PARTITION BY customer_id ORDER BY k ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+), vals AS (
+    SELECT d.as_of, c.customer_id, date_diff('day', coalesce(c.last_pos, c.last_any), d.as_of) AS recency_days,
+           c.frequency
+    FROM cum c JOIN d ON d.k >= c.k AND d.k < c.k_next
+), hist AS (
+    SELECT as_of, recency_days, frequency, count(*) AS cnt
+    FROM vals
+    GROUP BY GROUPING SETS ((as_of, recency_days), (as_of, frequency))
+), rank_r AS (
+    SELECT as_of, recency_days,
+           CAST(1 + coalesce(sum(cnt) OVER (PARTITION BY as_of ORDER BY recency_days DESC
+                                             ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS BIGINT) AS r_rank,
+           CAST(sum(cnt) OVER (PARTITION BY as_of) AS BIGINT) AS n
+    FROM hist WHERE recency_days IS NOT NULL
+), rank_f AS (
+    SELECT as_of, frequency,
+           CAST(1 + coalesce(sum(cnt) OVER (PARTITION BY as_of ORDER BY frequency
+                                             ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS BIGINT) AS f_rank
+    FROM hist WHERE frequency IS NOT NULL
+), grid (r_score, f_score, rfm_segment) AS (
+    VALUES {grid}
+), out AS (
+    SELECT v.as_of, v.customer_id, CAST(v.recency_days AS DOUBLE) AS recency_days,
+           CAST(v.frequency AS DOUBLE) AS frequency,
+           CAST(1 + floor({bins} * (r.r_rank - 1) / r.n) AS INTEGER) AS r_score,
+           CAST(1 + floor({bins} * (f.f_rank - 1) / r.n) AS INTEGER) AS f_score
+    FROM {vals_src} v
+    JOIN rank_r r ON r.as_of = v.as_of AND r.recency_days = v.recency_days
+    JOIN rank_f f ON f.as_of = v.as_of AND f.frequency = v.frequency
+)
+SELECT strftime(out.as_of, '%Y-%m-%d') AS as_of, out.customer_id, out.recency_days, out.frequency,
+       out.r_score, out.f_score, grid.rfm_segment
+FROM out JOIN grid USING (r_score, f_score)
+ORDER BY 1, 2
+"""
+
+_ORDERS_CTE = """, orders AS (
+    SELECT customer_id, min(day) AS day
+    FROM (SELECT customer_id, CAST(ts AS DATE) AS day, COALESCE(NULLIF(order_id, ''), transaction_id) AS order_key
+          FROM transactions
+          WHERE customer_id IS NOT NULL AND ts IS NOT NULL AND amount > 0 AND ts < (SELECT max(as_of) FROM d))
+    WHERE order_key IS NOT NULL
+    GROUP BY customer_id, order_key
+), per_k_orders AS (
+    SELECT customer_id, {bucket} AS k, count(*) AS n_orders
+    FROM orders
+    GROUP BY ALL
+)"""
+
+# only the given (as_of, customer_id) pairs: the ranks still count every customer
+_KEYS_VALS = """(
+        SELECT kk.as_of, c.customer_id, date_diff('day', coalesce(c.last_pos, c.last_any), kk.as_of) AS recency_days,
+               c.frequency
+        FROM (SELECT DISTINCT d.as_of, d.k, kd.customer_id
+              FROM (SELECT CAST(as_of AS DATE) AS as_of, customer_id FROM _rf_keys
+                    WHERE as_of IS NOT NULL AND customer_id IS NOT NULL) kd JOIN d USING (as_of)) kk
+        JOIN cum c ON c.customer_id = kk.customer_id
+        WHERE kk.k >= c.k AND kk.k < c.k_next
+    )"""
+
+
+def _sql_text(text: str) -> str:
+    return "'" + str(text).replace("'", "''") + "'"
+
+
+def rf_grid_at(con: duckdb.DuckDBPyConnection, dates: Sequence, *, bins: int = 5, frequency_basis: str = "orders",
+               keys: pd.DataFrame | None = None) -> pd.DataFrame:
+    """R × F grid segment (``rf_grid``) of the customers at several dates, in one pass over the transactions.
+
+    The result equals, date by date, :func:`compute_rfm` (transactions strictly before
+    the date, same frequency and tie rules) followed by :func:`assign_segments` with the
+    ``rf_grid`` scheme, without one query per date: the transactions are read once
+    whatever the number of dates.
+
+    Parameters
+    ----------
+    con : DuckDB connection
+        Holds ``transactions``.
+    dates : sequence
+        Dates (anything :class:`pandas.Timestamp` reads; duplicates ignored).
+    bins : int
+        Number of score bins (3..10).
+    frequency_basis : {"orders", "days"}
+        As in :func:`compute_rfm`.
+    keys : DataFrame, optional
+        ``as_of`` (``YYYY-MM-DD`` text or datetime), ``customer_id``: return only these pairs (the scores still rank every
+        customer of the date; a pair without purchase before its date is left out). By
+        default every customer with a transaction before each date.
+
+    Returns
+    -------
+    DataFrame
+        ``as_of`` (``YYYY-MM-DD``), ``customer_id``, ``recency_days``, ``frequency``,
+        ``r_score``, ``f_score`` (1..bins), ``rfm_segment``; sorted by date and customer.
+    """
+    if frequency_basis not in ("orders", "days"):
+        raise ParamsError(f"« frequency_basis » = {frequency_basis!r} : valeurs possibles orders, days")
+    bins = int(bins)
+    days = sorted({pd.Timestamp(x).date().isoformat() for x in dates if not pd.isna(x)})
+    cols = ["as_of", "customer_id", "recency_days", "frequency", "r_score", "f_score", "rfm_segment"]
+    if not days:
+        return pd.DataFrame(columns=cols)
+    table = scheme_table("rf_grid", bins)
+    grid = table[["r_score", "f_score", "rfm_segment"]].drop_duplicates()
+    if grid.duplicated(["r_score", "f_score"]).any():  # pragma: no cover - rf_grid ignores M
+        raise AssertionError("rf_grid depends on the M score")
+    values = ", ".join(f"({int(r)}, {int(f)}, {_sql_text(seg)})" for r, f, seg in grid.itertuples(index=False))
+    # first date k at which a day counts: the dates are read from d, never pasted
+    bucket = "CASE " + " ".join(f"WHEN day < (SELECT as_of FROM d WHERE k = {k}) THEN {k}"
+                                for k in range(1, len(days) + 1)) + " END"
+    orders = frequency_basis == "orders"
+    # with one date an order counts once per customer: a distinct count suffices; with several, an
+    # order whose lines span two dates must count at the first one only (the orders CTE)
+    single = orders and len(days) == 1
+    sql = (_RF_AT_SQL
+           .replace("{order_key}", ", COALESCE(NULLIF(order_id, ''), transaction_id) AS order_key" if single else "")
+           .replace("{n_orders}", ", count(DISTINCT order_key) FILTER (WHERE amount > 0) AS n_orders" if single else "")
+           .replace("{orders_cte}", _ORDERS_CTE if orders and not single else "")
+           .replace("{orders_join}", " LEFT JOIN per_k_orders USING (customer_id, k)" if orders and not single else "")
+           .replace("{new}", "coalesce(n_orders, 0)" if orders else "n_days")
+           .replace("{vals_src}", _KEYS_VALS if keys is not None else "vals")
+           .replace("{bucket}", bucket)
+           .replace("{k_end}", str(len(days) + 1))
+           .replace("{grid}", values)
+           .replace("{bins}", str(bins)))
+    if keys is not None:
+        keys = keys[["as_of", "customer_id"]]
+        if keys.dropna().empty:
+            return pd.DataFrame(columns=cols)
+        if not (pd.api.types.is_string_dtype(keys["as_of"]) or pd.api.types.is_datetime64_any_dtype(keys["as_of"])):
+            keys = keys.assign(as_of=pd.to_datetime(keys["as_of"]))
+        if not pd.api.types.is_string_dtype(keys["customer_id"]):
+            keys = keys.assign(customer_id=keys["customer_id"].where(keys["customer_id"].isna(),
+                                                                     keys["customer_id"].astype(str)))
+        register_frame(con, "_rf_keys", keys)
+    register_frame(con, "_rf_dates", pd.DataFrame({"as_of": days}, dtype=object))
+    try:
+        return con.execute(sql).df()
+    finally:
+        con.unregister("_rf_dates")
+        if keys is not None:
+            con.unregister("_rf_keys")
 
 
 def window_start(as_of: str, months: int) -> str:
