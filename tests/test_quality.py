@@ -88,3 +88,65 @@ def test_last_confirmed_uses_records_history_and_interactions():
     out = quality.last_confirmed(con).set_index("customer_id")["last_confirmed"]
     assert out.to_dict() == {"C1": pd.Timestamp("2023-05-01"), "C2": pd.Timestamp("2025-03-01"),
                              "C3": pd.Timestamp("2024-07-01")}
+
+
+# --- vectorised fast paths: they may only settle values the libraries call valid
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_LABEL = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True)
+_LOCAL = st.from_regex(r"[A-Za-z0-9_+.-]{1,20}", fullmatch=True)
+_TLD = st.sampled_from(["fr", "com", "test", "local", "c", "museum", "x1", "COM"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(local=_LOCAL, labels=st.lists(_LABEL, min_size=1, max_size=3), tld=_TLD,
+       pad=st.sampled_from(["", " ", "\t"]))
+def test_email_fast_path_only_settles_valid_addresses(local, labels, tld, pad):
+    value = f"{pad}{local}@{'.'.join(labels)}.{tld}{pad}"
+    fast = bool(quality.email_fast_valid(pd.Series([value])).iloc[0])
+    if fast:
+        assert quality.email_problem(value) is None, value
+
+
+def test_email_fast_path_settles_the_plain_shapes():
+    plain = pd.Series(["jean.dupont@gmail.com", "JEAN@Orange.FR", "a_b+promo@mail.example.co.uk"])
+    assert quality.email_fast_valid(plain).all()
+    odd = pd.Series(["a..b@x.fr", "x@a-.fr", "jean@x.test", "é@x.fr", "a@ab--c.fr", "a@b.c", None])
+    assert not quality.email_fast_valid(odd).any()
+
+
+_NATIONAL = st.from_regex(r"[0-9]{1,12}", fullmatch=True)
+
+
+@settings(max_examples=600, deadline=None)
+@given(nat=_NATIONAL, shape=st.sampled_from(["0{}", "+33{}", "0033{}", "+33 {}", "{}", "0{}.0"]),
+       sep=st.sampled_from(["", " ", ".", "-"]))
+def test_phone_fast_path_agrees_with_phonenumbers(nat, shape, sep):
+    from crmlab import normalize
+
+    value = shape.format(sep.join(nat[i:i + 2] for i in range(0, len(nat), 2)))
+    e164 = normalize.phone_fast_e164(pd.Series([value]), None, "FR").iloc[0]
+    if e164 is not None:
+        assert normalize.phone(value, "FR") == e164, value
+        assert quality.phone_problem(value, "FR") is None, value
+
+
+def test_flag_values_fast_and_slow_paths_give_the_library_verdicts():
+    import random
+
+    rng = random.Random(3)
+    values = []
+    for _ in range(3000):
+        nat = "".join(rng.choice("0123456789") for _ in range(rng.choice([8, 9, 10])))
+        values.append(("phone", rng.choice(["0", "+33", "0033", ""]) + nat, rng.choice([None, "FR", "France", "BE"])))
+        local = "".join(rng.choice("abc.-_é") for _ in range(rng.randint(1, 6)))
+        values.append(("email", f"{local}@{rng.choice(['x.fr', 'ex-.com', 'test', 'a.test', 'b.c'])}", None))
+    frame = pd.DataFrame(values, columns=["field", "value", "country"])
+    flagged = quality.flag_values(frame, region="FR")
+    country = frame["country"].where(frame["country"].notna(), "FR")
+    expected = [quality.check_value(f, v, region=(c if f == "phone" and len(c) == 2 else "FR"), country=c)
+                for f, v, c in zip(frame["field"], frame["value"], country, strict=True)]
+    assert flagged["reason"].tolist() == expected
+    assert flagged["valid"].tolist() == [r is None for r in expected]

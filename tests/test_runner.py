@@ -386,3 +386,24 @@ def test_stall_watch_kills_an_idle_kernel_and_spares_busy_and_older_ones():
     finally:
         for proc in (older,):
             proc.kill()
+
+
+def test_stall_watch_pokes_an_idle_kernel_without_counting_the_answer_as_work():
+    """An idle kernel gets a kernel_info_request (it answers); answering is not "woken"."""
+    import time
+
+    from jupyter_client import KernelManager
+
+    from crmlab.runner import StallWatch
+
+    km = KernelManager(kernel_name="python3")
+    with StallWatch(stall_s=60.0, poll_s=0.2, poke_s=1.0) as watch:
+        km.start_kernel(extra_arguments=["--HistoryManager.enabled=False"])
+        try:
+            kernel = next(k for k in watch._kernels())
+            assert StallWatch._poke(kernel)  # a live kernel answers on its shell channel
+            time.sleep(4.0)  # idle > poke_s: poked once by the watch
+        finally:
+            km.shutdown_kernel(now=True)
+    assert not watch.stalled
+    assert watch.woken == 0

@@ -189,29 +189,44 @@ def _feminine_sql(x: str, y: str) -> str:
     return "(" + " OR ".join(pairs) + ")"
 
 
-def _first_level_sql(x: str, y: str) -> str:
-    """Return the SQL level of two normalised first names: 3 exact, 2 close, 1 compatible, 0 different."""
+def _dl1_sql(x: str, y: str, min_len: int) -> str:
+    """Return SQL true when both are at least ``min_len`` long and one edit apart (length tests first)."""
+    return (f"(least(length({x}), length({y})) >= {min_len} AND abs(length({x}) - length({y})) <= 1 "
+            f"AND damerau_levenshtein({x}, {y}) <= 1)")
+
+
+def _first_level_sql(x: str, y: str, jw: str | None = None) -> str:
+    """Return the SQL level of two normalised first names: 3 exact, 2 close, 1 compatible, 0 different.
+
+    ``jw``: SQL of their Jaro-Winkler similarity when already computed.
+    """
+    jw = jw or f"jaro_winkler_similarity({x}, {y})"
+    # word lists only when one name has several words (one word each: equal, settled above)
     return f"""(CASE WHEN {x} IS NULL OR {y} IS NULL THEN NULL
         WHEN {x} = {y} THEN 3
         WHEN {_feminine_sql(x, y)} THEN 0
-        WHEN jaro_winkler_similarity({x}, {y}) >= 0.92
-             OR (least(length({x}), length({y})) >= 4 AND damerau_levenshtein({x}, {y}) <= 1) THEN 2
-        WHEN jaro_winkler_similarity({x}, {y}) >= 0.85
-             OR list_has_all(string_split({x}, ' '), string_split({y}, ' '))
-             OR list_has_all(string_split({y}, ' '), string_split({x}, ' '))
-             OR (length({x}) = 1 AND {x} = left({y}, 1))
+        WHEN {jw} >= 0.92 OR {_dl1_sql(x, y, 4)} THEN 2
+        WHEN {jw} >= 0.85 THEN 1
+        WHEN (contains({x}, ' ') OR contains({y}, ' '))
+             AND (list_has_all(string_split({x}, ' '), string_split({y}, ' '))
+                  OR list_has_all(string_split({y}, ' '), string_split({x}, ' '))) THEN 1
+        WHEN (length({x}) = 1 AND {x} = left({y}, 1))
              OR (length({y}) = 1 AND {y} = left({x}, 1)) THEN 1
         ELSE 0 END)"""
 
 
-def _last_level_sql(x: str, y: str) -> str:
-    """Return the SQL level of two normalised last names: 3 exact, 2 close, 1 partial, 0 different."""
+def _last_level_sql(x: str, y: str, jw: str | None = None) -> str:
+    """Return the SQL level of two normalised last names: 3 exact, 2 close, 1 partial, 0 different.
+
+    ``jw``: SQL of their Jaro-Winkler similarity when already computed.
+    """
+    jw = jw or f"jaro_winkler_similarity({x}, {y})"
     return f"""(CASE WHEN {x} IS NULL OR {y} IS NULL THEN NULL
         WHEN {x} = {y} THEN 3
-        WHEN jaro_winkler_similarity({x}, {y}) >= 0.92
-             OR (least(length({x}), length({y})) >= 4 AND damerau_levenshtein({x}, {y}) <= 1) THEN 2
-        WHEN jaro_winkler_similarity({x}, {y}) >= 0.85
-             OR list_has_any(string_split({x}, ' '), string_split({y}, ' ')) THEN 1
+        WHEN {jw} >= 0.92 OR {_dl1_sql(x, y, 4)} THEN 2
+        WHEN {jw} >= 0.85 THEN 1
+        WHEN (contains({x}, ' ') OR contains({y}, ' '))
+             AND list_has_any(string_split({x}, ' '), string_split({y}, ' ')) THEN 1
         ELSE 0 END)"""
 
 
@@ -401,7 +416,7 @@ def _match_records(con: duckdb.DuckDBPyConnection, norm: str, max_shared: int) -
                 FROM {norm}
              )
         SELECT *, replace(split_part(em, '@', 1), '.', '') AS em_local,
-               split_part(em, '@', 2) AS em_domain
+               split_part(em, '@', 2) AS em_domain, strftime(bd, '%Y%m%d') AS bd_s
         FROM r
     """, [max_shared, max_shared, bd_limit])
     return "_id_rec"
@@ -503,30 +518,33 @@ def _score_pairs(con: duckdb.DuckDBPyConnection, norm: str, pairs: str, out: str
                    a.fn AS fn_a, a.ln AS ln_a, b.fn AS fn_b0, b.ln AS ln_b0,
                    a.em AS em_a, b.em AS em_b, a.em_local AS el_a, b.em_local AS el_b,
                    a.em_domain AS ed_a, b.em_domain AS ed_b, a.ph AS ph_a, b.ph AS ph_b,
-                   a.bd AS bd_a, b.bd AS bd_b, a.ad AS ad_a, b.ad AS ad_b,
+                   a.bd AS bd_a, b.bd AS bd_b, a.bd_s AS bds_a, b.bd_s AS bds_b, a.ad AS ad_a, b.ad AS ad_b,
                    a.pc AS pc_a, b.pc AS pc_b, a.ci AS ci_a, b.ci AS ci_b,
                    a.gender AS g_a, b.gender AS g_b,
-                   coalesce(jaro_winkler_similarity(a.fn, b.fn), 0) + coalesce(jaro_winkler_similarity(a.ln, b.ln), 0) AS straight,
-                   coalesce(jaro_winkler_similarity(a.fn, b.ln), 0) + coalesce(jaro_winkler_similarity(a.ln, b.fn), 0) AS crossed
+                   jaro_winkler_similarity(a.fn, b.fn) AS jw_ff, jaro_winkler_similarity(a.ln, b.ln) AS jw_ll,
+                   jaro_winkler_similarity(a.fn, b.ln) AS jw_fl, jaro_winkler_similarity(a.ln, b.fn) AS jw_lf
             FROM {pairs} p JOIN {norm} a ON a.rid = p.rid_a JOIN {norm} b ON b.rid = p.rid_b
         ), o AS (
-            SELECT *, (crossed > straight + 0.05 AND fn_a IS NOT NULL AND ln_a IS NOT NULL
+            SELECT *, (coalesce(jw_fl, 0) + coalesce(jw_lf, 0) > coalesce(jw_ff, 0) + coalesce(jw_ll, 0) + 0.05
+                       AND fn_a IS NOT NULL AND ln_a IS NOT NULL
                        AND fn_b0 IS NOT NULL AND ln_b0 IS NOT NULL) AS swapped
             FROM j
         ), e AS (
             SELECT *, CASE WHEN swapped THEN ln_b0 ELSE fn_b0 END AS fn_b,
-                      CASE WHEN swapped THEN fn_b0 ELSE ln_b0 END AS ln_b
+                      CASE WHEN swapped THEN fn_b0 ELSE ln_b0 END AS ln_b,
+                      -- the similarities of the names as compared below, computed once above
+                      CASE WHEN swapped THEN jw_fl ELSE jw_ff END AS jw_fn,
+                      CASE WHEN swapped THEN jw_lf ELSE jw_ll END AS jw_ln
             FROM o
         ), l AS (
             SELECT e.*,
-                {_first_level_sql('fn_a', 'fn_b')} AS lv_fn,
-                {_last_level_sql('ln_a', 'ln_b')} AS lv_ln,
+                {_first_level_sql('fn_a', 'fn_b', 'jw_fn')} AS lv_fn,
+                {_last_level_sql('ln_a', 'ln_b', 'jw_ln')} AS lv_ln,
                 CASE WHEN em_a IS NULL OR em_b IS NULL THEN NULL
                      WHEN em_a = em_b THEN 'exact'
                      WHEN el_a = el_b AND ed_a = ed_b AND ed_a = 'gmail.com' THEN 'same_mailbox'
                      WHEN el_a = el_b AND ed_a = ed_b THEN 'dotless'
-                     WHEN ed_a = ed_b AND least(length(el_a), length(el_b)) >= 5
-                          AND damerau_levenshtein(el_a, el_b) <= 1 THEN 'close'
+                     WHEN ed_a = ed_b AND {_dl1_sql('el_a', 'el_b', 5)} THEN 'close'
                      WHEN el_a = el_b AND length(el_a) >= 5 THEN 'same_local'
                      ELSE 'different' END AS lv_em,
                 CASE WHEN ph_a IS NULL OR ph_b IS NULL THEN NULL
@@ -535,7 +553,7 @@ def _score_pairs(con: duckdb.DuckDBPyConnection, norm: str, pairs: str, out: str
                      ELSE 'different' END AS lv_ph,
                 CASE WHEN bd_a IS NULL OR bd_b IS NULL THEN NULL
                      WHEN bd_a = bd_b THEN 'exact'
-                     WHEN damerau_levenshtein(strftime(bd_a, '%Y%m%d'), strftime(bd_b, '%Y%m%d')) <= 1
+                     WHEN damerau_levenshtein(bds_a, bds_b) <= 1
                           OR (year(bd_a) = year(bd_b) AND month(bd_a) = day(bd_b) AND day(bd_a) = month(bd_b)) THEN 'near'
                      ELSE 'different' END AS lv_bd,
                 CASE WHEN ad_a IS NULL OR ad_b IS NULL THEN NULL

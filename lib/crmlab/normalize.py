@@ -350,6 +350,46 @@ def _fast_phone_rules(region: str) -> dict | None:
             "mobile": meta.mobile.national_number_pattern, "lengths": sorted(lengths)}
 
 
+def phone_fast_e164(values: pd.Series, countries: pd.Series | None = None, region: str = "FR") -> pd.Series:
+    """Vectorised :func:`phone` for the plain shapes of ``region``; NULL where not settled here.
+
+    Same rules as the SQL fast path of :func:`normalize_customers` (:func:`_fast_phone_rules`):
+    a number made of digits and ``space . ( ) / + -`` written as ``0…``, ``+cc…`` or
+    ``00cc…`` whose national number has a possible length and matches a number type of
+    ``region``, in a row whose country is empty or names ``region``. ``None`` does not
+    mean invalid: call :func:`phone` for those values.
+
+    Returns
+    -------
+    Series
+        E.164 text (``+33612345678``) or None, aligned on ``values``.
+    """
+    out = pd.Series(None, index=values.index, dtype=object)
+    region = (region or "FR").upper()
+    rules = _fast_phone_rules(region)
+    if rules is None or values.empty:
+        return out
+    text = values.astype(object)
+    ok = text.map(lambda v: isinstance(v, str)).astype(bool)
+    if countries is not None:
+        names = {k for k, v in _COUNTRIES.items() if v == region} | {region.lower()}
+        ok &= countries.astype(object).map(lambda c: not isinstance(c, str) or c.strip().lower() in names).astype(bool)
+    t = text[ok].astype(str)
+    # "612345678.0" is a spreadsheet number (phone() drops the ".0"): not a plain shape
+    t = t[t.str.fullmatch(r"[0-9 .()/+-]*") & ~t.str.strip().str.fullmatch(r"\d+\.0")]
+    d = t.str.replace(r"[^0-9+]", "", regex=True)
+    cc, prefix = rules["cc"], rules["prefix"]
+    nat = pd.Series(None, index=d.index, dtype=object)
+    for pattern, skip in ((re.escape(prefix) + "[1-9][0-9]*", len(prefix)), (r"\+" + cc + "[1-9][0-9]*", len(cc) + 1),
+                          ("00" + cc + "[1-9][0-9]*", len(cc) + 2)):
+        hit = nat.isna() & d.str.fullmatch(pattern)
+        nat[hit] = d[hit].str.slice(skip)
+    nat = nat.dropna().astype(str)
+    nat = nat[nat.str.len().isin(rules["lengths"]) & nat.str.fullmatch(rules["valid"])]
+    out[nat.index] = "+" + cc + nat
+    return out.where(out.notna(), None)
+
+
 def _map_distinct(con: duckdb.DuckDBPyConnection, sql: str, func, name_: str) -> str:
     """Apply ``func(raw[, extra])`` once per distinct row of ``sql`` (columns raw[, extra]); register the result."""
     frame = con.execute(sql).df()
@@ -448,6 +488,7 @@ def normalize_customers(
                 WITH d AS (
                     SELECT DISTINCT phone AS raw, country FROM _nc_raw
                     WHERE phone IS NOT NULL AND regexp_full_match(phone, '[0-9 .()/+-]*')
+                      AND NOT regexp_full_match(trim(phone), '[0-9]+[.]0')
                       AND (country IS NULL OR lower(trim(country)) IN (SELECT unnest(?)))
                 ), n AS (
                     SELECT raw, country, regexp_replace(raw, '[^0-9+]', '', 'g') AS d FROM d

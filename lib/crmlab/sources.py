@@ -607,6 +607,9 @@ class FileLoad:
     columns_present: list[str] = field(default_factory=list)
     columns_used: list[str] = field(default_factory=list)
     format: dict = field(default_factory=dict)
+    #: per mapped column: SQL over the classified table for its value text, "non-empty"
+    #: and "unparsable" flags (``{"t": …, "n": …, "b": …}``)
+    col_sql: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def rows_rejected(self) -> int:
@@ -805,7 +808,7 @@ def load_source(con: duckdb.DuckDBPyConnection, source: dict, *, run_id: str, st
         try:
             for i in range(len(pending) + 1):
                 con.execute(f"DROP VIEW IF EXISTS _load_{i}_typed")
-                for suffix in ("", "_raw", "_m", "_t"):
+                for suffix in ("", "_raw", "_m", "_rej"):
                     con.execute(f"DROP TABLE IF EXISTS _load_{i}{suffix}")
         except duckdb.Error:  # transaction aborted by an error: the caller rolls back
             pass
@@ -1159,7 +1162,9 @@ def _load_file(con: duckdb.DuckDBPyConnection, source: dict, spec: dict, fl: Fil
         if col in raw_text:  # parse the original text (reports the bad values themselves)
             txt = _q(raw_text[col])
             if spec[c][0] == "str":  # 17850.0 -> 17850
-                txt = f"regexp_replace(trim({txt}), '^([-+]?[0-9]+)\\.0+$', '\\1')"
+                # the regular expression only where it can match (5 M rows per file at scale)
+                txt = (f"CASE WHEN contains({txt}, '.') THEN regexp_replace(trim({txt}), '^([-+]?[0-9]+)\\.0+$', '\\1') "
+                       f"ELSE trim({txt}) END")
             sel.append(f"{txt} AS {_q('e_' + c)}")
         else:
             sel.append(f"({expr}) AS {_q('e_' + c)}")
@@ -1178,7 +1183,12 @@ def _load_file(con: duckdb.DuckDBPyConnection, source: dict, spec: dict, fl: Fil
         con.execute(f"CREATE OR REPLACE TEMP TABLE {mapped} AS SELECT {', '.join(sel)} FROM {view}")
     etypes = {r[0]: r[1] for r in con.execute(f"DESCRIBE {mapped}").fetchall()}
 
-    # 2. typed canonical values, empty / bad flags per column
+    # 2+3. typed canonical values, then row classification (excluded / filtered / rejected
+    # by the first failing required column / kept), in one table. Only what cannot be
+    # derived is stored: the value ``v_<c>``, plus the original text ``t_<c>`` of the
+    # columns whose parsing can fail; "non-empty" and "unparsable" are expressions
+    # over them (storing them, and the text of plain text columns twice, made this
+    # stage copy ~40 columns of 5 million rows at scale).
     parts, flags = [], {}
     for c, (ctype, _req) in spec.items():
         if c not in columns:
@@ -1186,27 +1196,26 @@ def _load_file(con: duckdb.DuckDBPyConnection, source: dict, spec: dict, fl: Fil
         e = _q("e_" + c)
         et = etypes["e_" + c].upper()
         txt = _text_sql(e, et)
+        parsed = True  # a value can be present and unparsable
         if ctype == "str":
-            val, nonempty, bad = txt, f"{txt} IS NOT NULL", "false"
+            val, parsed = txt, False
         elif ctype in ("date", "ts"):
             if et.startswith(("TIMESTAMP", "DATE")):
-                val, nonempty, bad = f"CAST({e} AS TIMESTAMP)", f"{e} IS NOT NULL", "false"
+                val, parsed = f"CAST({e} AS TIMESTAMP)", False
             else:
                 with _expression_errors(source, fl):
                     fmt = _choose_date_format(con, mapped, txt, source, c, fl)
                 val = _date_parse_sql(txt, fmt)
-                nonempty, bad = f"{txt} IS NOT NULL", f"({txt} IS NOT NULL AND {val} IS NULL)"
             if ctype == "date":
                 val = f"CAST({val} AS DATE)"
         elif ctype == "double":
             if et in ("BIGINT", "INTEGER", "SMALLINT", "TINYINT", "HUGEINT", "UBIGINT", "UINTEGER", "USMALLINT", "UTINYINT") or et in _FLOAT_TYPES or et.startswith("DECIMAL"):
-                val, nonempty, bad = f"CAST({e} AS DOUBLE)", f"{e} IS NOT NULL", "false"
+                val, parsed = f"CAST({e} AS DOUBLE)", False
             else:
                 val = _number_parse_sql(txt, source.get("decimal"))
-                nonempty, bad = f"{txt} IS NOT NULL", f"({txt} IS NOT NULL AND {val} IS NULL)"
         elif ctype == "bool":
             if et == "BOOLEAN":
-                val, nonempty, bad = e, f"{e} IS NOT NULL", "false"
+                val, parsed = e, False
             else:
                 low = f"lower({txt})"
                 with _expression_errors(source, fl):
@@ -1217,33 +1226,33 @@ def _load_file(con: duckdb.DuckDBPyConnection, source: dict, spec: dict, fl: Fil
                     f"CASE WHEN {low} IN ({', '.join(map(_lit, TRUE_WORDS))}) THEN true "
                     f"WHEN {low} IN ({', '.join(map(_lit, FALSE_WORDS))}) THEN false END"
                 )
-                if x_style:  # "x" = yes, empty = no
-                    val, nonempty, bad = f"coalesce({val}, false)", "true", "false"
-                else:
-                    nonempty, bad = f"{txt} IS NOT NULL", f"({txt} IS NOT NULL AND {val} IS NULL)"
+                if x_style:  # "x" = yes, empty = no: never empty, never unparsable
+                    val, parsed = f"coalesce({val}, false)", False
         elif ctype == "grp":
             low = f"lower(strip_accents({txt}))"
             val = (
                 f"CASE WHEN {low} IN ({', '.join(map(_lit, TREATMENT_WORDS))}) THEN 'treatment' "
                 f"WHEN {low} IN ({', '.join(map(_lit, CONTROL_WORDS))}) THEN 'control' END"
             )
-            nonempty, bad = f"{txt} IS NOT NULL", f"({txt} IS NOT NULL AND {val} IS NULL)"
         else:  # pragma: no cover - KINDS only uses the types above
             raise AssertionError(ctype)
-        parts += [f"{val} AS {_q('v_' + c)}", f"{nonempty} AS {_q('n_' + c)}", f"{bad} AS {_q('b_' + c)}",
-                  f"{txt} AS {_q('t_' + c)}"]
+        v = _q("v_" + c)
+        parts.append(f"{val} AS {v}")
+        if parsed:
+            t = _q("t_" + c)
+            parts.append(f"{txt} AS {t}")
+            fl.col_sql[c] = {"t": t, "n": f"({t} IS NOT NULL)", "b": f"({t} IS NOT NULL AND {v} IS NULL)"}
+        else:
+            fl.col_sql[c] = {"t": f"CAST({v} AS VARCHAR)", "n": f"({v} IS NOT NULL)", "b": "false"}
         flags[c] = ctype
-    typed = f"{table}_t"
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {typed} AS SELECT {_ROW}, _status, {', '.join(parts)} FROM {mapped}")
-
-    # 3. row classification: excluded / filtered / rejected (first failing required column) / kept
     reasons, rcols = [], []
     for c, (ctype, req) in spec.items():
         if not req or c not in flags:
             continue
-        reasons.append(f"WHEN NOT {_q('n_' + c)} THEN {_lit(_missing_reason(c))}")
-        reasons.append(f"WHEN {_q('b_' + c)} THEN {_lit(_bad_reason(c, ctype))}")
-        rcols.append(f"WHEN NOT {_q('n_' + c)} OR {_q('b_' + c)} THEN {_lit(c)}")
+        n_sql, b_sql = fl.col_sql[c]["n"], fl.col_sql[c]["b"]
+        reasons.append(f"WHEN NOT {n_sql} THEN {_lit(_missing_reason(c))}")
+        reasons.append(f"WHEN {b_sql} THEN {_lit(_bad_reason(c, ctype))}")
+        rcols.append(f"WHEN NOT {n_sql} OR {b_sql} THEN {_lit(c)}")
     reason_sql = ("CASE " + " ".join(reasons) + " END") if reasons else "NULL"
     rcol_sql = ("CASE " + " ".join(rcols) + " END") if rcols else "NULL"
     try:
@@ -1251,16 +1260,16 @@ def _load_file(con: duckdb.DuckDBPyConnection, source: dict, spec: dict, fl: Fil
             con.execute(
                 f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT *, "
                 f"CASE WHEN _status <> 'candidate' THEN NULL ELSE {reason_sql} END AS _reason, "
-                f"CASE WHEN _status <> 'candidate' THEN NULL ELSE {rcol_sql} END AS _rcol FROM {typed}"
+                f"CASE WHEN _status <> 'candidate' THEN NULL ELSE {rcol_sql} END AS _rcol "
+                f"FROM (SELECT {_ROW}, _status, {', '.join(parts)} FROM {mapped})"
             )
     finally:
-        con.execute(f"DROP TABLE IF EXISTS {typed}")
         con.execute(f"DROP TABLE IF EXISTS {mapped}")
 
     # 4. tolerated share of unparsable values per column (one pass for every column)
     checked = [c for c, ctype in flags.items() if ctype != "str"]
     counts = con.execute(
-        "SELECT " + ", ".join(f"count(*) FILTER (WHERE {_q('b_' + c)}), count(*) FILTER (WHERE {_q('n_' + c)})"
+        "SELECT " + ", ".join(f"count(*) FILTER (WHERE {fl.col_sql[c]['b']}), count(*) FILTER (WHERE {fl.col_sql[c]['n']})"
                               for c in checked) + f" FROM {table} WHERE _status = 'candidate'"
     ).fetchall()[0] if checked else ()
     for i, c in enumerate(checked):
@@ -1268,7 +1277,8 @@ def _load_file(con: duckdb.DuckDBPyConnection, source: dict, spec: dict, fl: Fil
         nb, nn = counts[2 * i], counts[2 * i + 1]
         if nn and nb / nn > share:
             ex = con.execute(
-                f"SELECT {_ROW}, {_q('t_' + c)} FROM {table} WHERE _status = 'candidate' AND {_q('b_' + c)} ORDER BY {_ROW} LIMIT 5"
+                f"SELECT {_ROW}, {fl.col_sql[c]['t']} FROM {table} WHERE _status = 'candidate' AND {fl.col_sql[c]['b']} "
+                f"ORDER BY {_ROW} LIMIT 5"
             ).fetchall()
             examples = ", ".join(f"ligne {r} : « {v} »" for r, v in ex)
             hint = {
@@ -1312,17 +1322,52 @@ def _load_file(con: duckdb.DuckDBPyConnection, source: dict, spec: dict, fl: Fil
             fl.rejected[reason] = fl.rejected.get(reason, 0) + cnt
         else:
             fl.rows_kept += cnt
-    for c, ctype in flags.items():
-        if spec[c][1] or ctype == "str":
-            continue
-        nb = con.execute(
-            f"SELECT count(*) FROM {table} WHERE _status = 'candidate' AND _reason IS NULL AND {_q('b_' + c)}"
-        ).fetchall()[0][0]
-        if nb:
-            fl.warnings[f"valeur ignorée : {_bad_reason(c, ctype)} ({c})"] = nb
+    optional = [c for c, ctype in flags.items() if not spec[c][1] and ctype != "str"]
+    if optional:
+        bad = con.execute(
+            "SELECT " + ", ".join(f"count(*) FILTER (WHERE {fl.col_sql[c]['b']})" for c in optional)
+            + f" FROM {table} WHERE _status = 'candidate' AND _reason IS NULL"
+        ).fetchall()[0]
+        for c, nb in zip(optional, bad, strict=True):
+            if nb:
+                fl.warnings[f"valeur ignorée : {_bad_reason(c, flags[c])} ({c})"] = nb
 
-    # 7. stage the kept rows
+    # 7. the rejected rows with their raw record, then the kept rows; the big stages go
+    # as soon as they are used (at 10 M rows they would hold the memory cap)
+    if fl.rows_rejected or fl.warnings:
+        _reject_rows(con, source, spec, fl, table)
+    con.execute(f"DROP TABLE IF EXISTS {raw}")
     _stage_rows(con, source, spec, fl, table)
+    con.execute(f"DROP TABLE IF EXISTS {table}")
+
+
+def _reject_rows(con: duckdb.DuckDBPyConnection, source: dict, spec: dict, fl: FileLoad, table: str) -> None:
+    """Create TEMP table ``<table>_rej(r, reason, col, val, rec)``: rejected rows and ignored values with the raw record as JSON."""
+    cols = source["columns"]
+    rej_sql = []
+    for c, (ctype, req) in spec.items():
+        if c not in cols:
+            continue
+        if not req and ctype != "str":
+            rej_sql.append(
+                f"SELECT {_ROW} AS r, {_lit('valeur ignorée : ' + _bad_reason(c, ctype))} AS reason, {_lit(cols[c])} AS col, "
+                f"{fl.col_sql[c]['t']} AS val FROM {table} WHERE _status = 'candidate' AND _reason IS NULL AND {fl.col_sql[c]['b']}"
+            )
+    case_col = " ".join(f"WHEN {_lit(c)} THEN {fl.col_sql[c]['t']}" for c in cols if c in spec)
+    case_name = " ".join(f"WHEN {_lit(c)} THEN {_lit(e)}" for c, e in cols.items())
+    rej_sql.insert(
+        0,
+        f"SELECT {_ROW} AS r, _reason AS reason, CASE _rcol {case_name} END AS col, CASE _rcol {case_col} END AS val "
+        f"FROM {table} WHERE _reason IS NOT NULL",
+    )
+    raw, offset = f"{table}_raw", fl.format["row_offset"]
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {table}_rej AS "
+        f"WITH j AS ({' UNION ALL '.join(rej_sql)}), "
+        f"x AS (SELECT rowid + {offset} AS __r, CAST(to_json({raw}) AS VARCHAR) AS rec FROM {raw} "
+        f"WHERE rowid + {offset} IN (SELECT r FROM j)) "
+        "SELECT j.r, j.reason, j.col, j.val, x.rec FROM j JOIN x ON x.__r = j.r"
+    )
 
 
 _DETECT_SAMPLE = 200_000
@@ -1458,7 +1503,6 @@ def _write_file(con: duckdb.DuckDBPyConnection, source: dict, spec: dict, fl: Fi
     """Write one classified file: canonical table rows, rejects, ledger."""
     name, kind = source["name"], source["kind"]
     staged = stage_table(name)
-    raw = f"{table}_raw"
     cols = source["columns"]
     mine = f"(SELECT * FROM {staged} WHERE sha256 = {_lit(fl.sha256)})"
     if kind == "customers":
@@ -1511,32 +1555,13 @@ def _write_file(con: duckdb.DuckDBPyConnection, source: dict, spec: dict, fl: Fi
             "INSERT INTO campaign_contacts (campaign_id, customer_id, grp, contacted_at, source, customer_key) "
             f"SELECT campaign_id, NULL, grp, contacted_at, customer_source, customer_key FROM {mine}"
         )
-    # rejects and warnings, with the raw record as JSON
-    rej_sql = []
-    for c, (ctype, req) in spec.items():
-        if c not in cols:
-            continue
-        if not req and ctype != "str":
-            rej_sql.append(
-                f"SELECT {_ROW} AS r, {_lit('valeur ignorée : ' + _bad_reason(c, ctype))} AS reason, {_lit(cols[c])} AS col, "
-                f"{_q('t_' + c)} AS val FROM {table} WHERE _status = 'candidate' AND _reason IS NULL AND {_q('b_' + c)}"
-            )
-    case_col = " ".join(f"WHEN {_lit(c)} THEN {_q('t_' + c)}" for c in cols if c in spec)
-    case_name = " ".join(f"WHEN {_lit(c)} THEN {_lit(e)}" for c, e in cols.items())
-    rej_sql.insert(
-        0,
-        f"SELECT {_ROW} AS r, _reason AS reason, CASE _rcol {case_name} END AS col, CASE _rcol {case_col} END AS val "
-        f"FROM {table} WHERE _reason IS NOT NULL",
-    )
-    offset = fl.format["row_offset"]
-    con.execute(
-        "INSERT INTO rejects (sha256, source, path, row_number, reason, column_name, value, record, run_id, step) "
-        f"WITH j AS ({' UNION ALL '.join(rej_sql)}), "
-        f"x AS (SELECT rowid + {offset} AS __r, CAST(to_json({raw}) AS VARCHAR) AS rec FROM {raw} "
-        f"WHERE rowid + {offset} IN (SELECT r FROM j)) "
-        "SELECT ?, ?, ?, j.r, j.reason, j.col, j.val, x.rec, ?, ? FROM j JOIN x ON x.__r = j.r ORDER BY j.r",
-        [fl.sha256, name, fl.path, run_id, step],
-    )
+    # rejects and warnings, with the raw record as JSON (built by _load_file)
+    if fl.rows_rejected or fl.warnings:
+        con.execute(
+            "INSERT INTO rejects (sha256, source, path, row_number, reason, column_name, value, record, run_id, step) "
+            f"SELECT ?, ?, ?, r, reason, col, val, rec, ?, ? FROM {table}_rej ORDER BY r",
+            [fl.sha256, name, fl.path, run_id, step],
+        )
     con.execute(
         "INSERT INTO ingestions (sha256, source, kind, path, rows_read, rows_kept, rows_rejected, rows_filtered, "
         "loaded_at, run_id, step) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
