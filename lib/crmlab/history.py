@@ -50,7 +50,9 @@ CURRENT_CONSENTS_SQL = """
     SELECT customer_id, channel,
            arg_max(opted_in, (coalesce(updated_at, TIMESTAMP '1900-01-01'), NOT opted_in)) AS opted_in,
            max(updated_at) AS updated_at,
-           arg_max(source, (coalesce(updated_at, TIMESTAMP '1900-01-01'), NOT opted_in)) AS source
+           -- source as the last tie-break: two sources stating the same consent at the same
+           -- time gave one or the other from run to run (the « rempli par canal » KPI moved)
+           arg_max(source, (coalesce(updated_at, TIMESTAMP '1900-01-01'), NOT opted_in, source)) AS source
     FROM consents WHERE customer_id IS NOT NULL AND channel IS NOT NULL AND opted_in IS NOT NULL
     GROUP BY customer_id, channel
 """
