@@ -60,6 +60,12 @@ _IPYTHONDIR = Path(tempfile.mkdtemp(prefix="crmlab-ipython-"))
     "c.HistoryManager.enabled = False\n", encoding="utf-8")
 os.environ["IPYTHONDIR"] = str(_IPYTHONDIR)
 
+# notebook tests call papermill directly: give them the runner's sliced socket waits
+# (a client waiting on one endless poll missed a kernel's reply; see runner.slice_socket_waits)
+from crmlab.runner import slice_socket_waits  # noqa: E402
+
+slice_socket_waits()
+
 
 # --------------------------------------------------------------------------- kernels
 

@@ -388,22 +388,44 @@ def test_stall_watch_kills_an_idle_kernel_and_spares_busy_and_older_ones():
             proc.kill()
 
 
-def test_stall_watch_pokes_an_idle_kernel_without_counting_the_answer_as_work():
-    """An idle kernel gets a kernel_info_request (it answers); answering is not "woken"."""
+
+def test_socket_waits_are_sliced_so_a_missed_wakeup_cannot_hang_the_client(monkeypatch):
+    """A wait of 3 s on a kernel socket is made of 1-second polls; the timeout still holds."""
+    import asyncio
     import time
+    from queue import Empty
 
-    from jupyter_client import KernelManager
+    from jupyter_client.channels import AsyncZMQSocketChannel
 
-    from crmlab.runner import StallWatch
+    from crmlab import runner
 
-    km = KernelManager(kernel_name="python3")
-    with StallWatch(stall_s=60.0, poll_s=0.2, poke_s=1.0) as watch:
-        km.start_kernel(extra_arguments=["--HistoryManager.enabled=False"])
-        try:
-            kernel = next(k for k in watch._kernels())
-            assert StallWatch._poke(kernel)  # a live kernel answers on its shell channel
-            time.sleep(4.0)  # idle > poke_s: poked once by the watch
-        finally:
-            km.shutdown_kernel(now=True)
-    assert not watch.stalled
-    assert watch.woken == 0
+    calls = []
+
+    async def fake_get_msg(self, timeout=None):
+        calls.append(timeout)
+        await asyncio.sleep(0.001)
+        if len(calls) == 3 and not deadline_test:
+            return {"msg": "late"}  # arrived unseen: found by the third short poll
+        raise Empty
+
+    deadline_test = False
+
+    monkeypatch.setattr(AsyncZMQSocketChannel, "get_msg", fake_get_msg)
+    monkeypatch.setattr(runner, "WAIT_SLICE_SECONDS", 1.0)
+    runner.slice_socket_waits()
+    runner.slice_socket_waits()  # idempotent: not wrapped twice
+    chan = object.__new__(AsyncZMQSocketChannel)
+    # no timeout: short polls again and again, never one endless wait
+    assert asyncio.run(AsyncZMQSocketChannel.get_msg(chan, None)) == {"msg": "late"}
+    assert calls == [1.0, 1.0, 1.0]
+    calls.clear()
+    deadline_test = True
+    t0 = time.monotonic()
+    monkeypatch.setattr(runner, "WAIT_SLICE_SECONDS", 0.05)
+    try:
+        asyncio.run(AsyncZMQSocketChannel.get_msg(chan, 0.2))
+        raise AssertionError("Empty expected after the timeout")
+    except Empty:
+        pass
+    assert time.monotonic() - t0 >= 0.2 - 1e-3
+    assert len(calls) >= 4 and all(c <= 0.05 + 1e-9 for c in calls)

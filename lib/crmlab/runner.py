@@ -100,8 +100,6 @@ class StepResult:
     html: str | None = None
     kpis: list = field(default_factory=list)
     retried: str | None = None
-    #: idle kernels that came back to work after a wake-up message (see :class:`StallWatch`)
-    woken: int = 0
 
 
 @dataclass
@@ -344,34 +342,25 @@ def run_chain(
                      seconds, index, run_json)
 
 
-#: a kernel using no CPU for this long while papermill waits on one of its cells has lost
-#: a message (seen a few times under load with ipykernel 6 and 7: kernel idle in its event
-#: loop, client waiting for the reply); every cell of the notebooks computes, none waits
+#: a kernel using no CPU for this long while papermill waits on one of its cells: last
+#: resort if a message is lost anyway (:func:`slice_socket_waits` removes the known cause);
+#: every cell of the notebooks computes, none waits
 STALL_SECONDS = 90.0
-#: after this long idle, the watch first sends the kernel a harmless ``kernel_info_request``:
-#: a kernel whose event loop missed the wake-up of a queued request reads it with the new one
-POKE_SECONDS = 20.0
 
 
 class StallWatch:
-    """Wake, then kill, a Jupyter kernel started by this process that sits idle while a cell should run.
+    """Kill a Jupyter kernel started by this process that sits idle while a cell should run.
 
     Use as a context manager around ``papermill.execute_notebook``: kernels already running
-    when it starts are ignored. A kernel whose CPU time does not grow for ``poke_s``
-    seconds gets a ``kernel_info_request`` on its shell channel from a second client: if
-    its event loop had missed a queued request, reading the new message delivers both,
-    the kernel computes again and ``woken`` counts it. A kernel still idle after
-    ``stall_s`` seconds is killed (papermill then raises ``DeadKernelError``) and
-    ``stalled`` is set.
+    when it starts are ignored; a kernel whose CPU time does not grow for ``stall_s``
+    seconds is killed (papermill then raises ``DeadKernelError``) and ``stalled`` is set.
     """
 
-    def __init__(self, stall_s: float = STALL_SECONDS, poll_s: float = 2.0, marker: str = "ipykernel_launcher",
-                 poke_s: float | None = POKE_SECONDS) -> None:
+    def __init__(self, stall_s: float = STALL_SECONDS, poll_s: float = 2.0, marker: str = "ipykernel_launcher") -> None:
         import threading
 
-        self.stall_s, self.poll_s, self.marker, self.poke_s = stall_s, poll_s, marker, poke_s
+        self.stall_s, self.poll_s, self.marker = stall_s, poll_s, marker
         self.stalled = False
-        self.woken = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._ignored: set[int] = set()
@@ -389,36 +378,10 @@ class StallWatch:
                 continue
         return out
 
-    @staticmethod
-    def _poke(proc) -> bool:
-        """Send ``kernel_info_request`` to the kernel of ``proc`` (connection file after ``-f``); True if sent."""
-        try:
-            args = proc.cmdline()
-            conn = args[args.index("-f") + 1]
-        except (ValueError, IndexError, Exception):  # noqa: BLE001 - not a kernel command line
-            return False
-        from jupyter_client import BlockingKernelClient
-
-        kc = BlockingKernelClient(connection_file=conn)
-        try:
-            kc.load_connection_file()
-            kc.start_channels(shell=True, iopub=False, stdin=False, hb=False, control=False)
-            kc.kernel_info()
-            with contextlib.suppress(Exception):
-                kc.get_shell_msg(timeout=5)  # answered at once, or queued behind a running cell
-            return True
-        except Exception:  # noqa: BLE001 - the watch must never break the run
-            return False
-        finally:
-            with contextlib.suppress(Exception):
-                kc.stop_channels()
-
     def _watch(self) -> None:
         import psutil
 
-        log = logging.getLogger("crmlab")
         seen: dict[int, tuple[float, float]] = {}  # pid -> (cpu seconds, when it last grew)
-        poked: set[int] = set()
         while not self._stop.wait(self.poll_s):
             for k in self._kernels():
                 try:
@@ -429,23 +392,11 @@ class StallWatch:
                 cpu, since = seen.get(k.pid, (-1.0, now))
                 if t > cpu + 0.01:
                     seen[k.pid] = (t, now)
-                    if k.pid in poked:
-                        poked.discard(k.pid)
-                        self.woken += 1
-                        log.warning("noyau %s reparti après un message de réveil", k.pid)
                 elif now - since > self.stall_s:
                     self.stalled = True
                     with contextlib.suppress(psutil.Error):
                         k.kill()
                     return
-                elif self.poke_s is not None and now - since > self.poke_s and k.pid not in poked:
-                    poked.add(k.pid)
-                    if self._poke(k):
-                        log.warning("noyau %s inactif depuis %.0f s pendant une cellule : message de réveil envoyé",
-                                    k.pid, now - since)
-                        # the poke itself costs the kernel a little CPU: measure from here
-                        with contextlib.suppress(psutil.Error):
-                            seen[k.pid] = (sum(k.cpu_times()[:2]) + 0.05, since)
 
     def __enter__(self) -> StallWatch:
         self._ignored = {k.pid for k in self._kernels()}
@@ -457,7 +408,47 @@ class StallWatch:
         self._thread.join(timeout=5)
 
 
+#: longest single wait of a notebook client on a kernel socket (see :func:`slice_socket_waits`)
+WAIT_SLICE_SECONDS = 1.0
+
+
+def slice_socket_waits() -> None:
+    """Make the notebook client's waits on kernel messages end every second and look again.
+
+    nbclient waits for a cell's reply with one ``poll`` as long as the cell timeout.
+    pyzmq's asyncio poll only looks at the socket again when its file descriptor
+    signals, and that edge can be missed (nbclient#312: a widget cell, the kernel has
+    answered and sits idle, the client waits forever – seen here in step 02 at scale
+    and in its notebook test: the kernel answered a second client at once and had
+    nothing queued). A poll that ends reads the socket's real state, so cutting every
+    wait into slices of :data:`WAIT_SLICE_SECONDS` turns the hang into a delay of at
+    most one slice. Idempotent; patches ``AsyncZMQSocketChannel.get_msg``.
+    """
+    from queue import Empty
+
+    from jupyter_client.channels import AsyncZMQSocketChannel
+
+    original = AsyncZMQSocketChannel.get_msg
+    if getattr(original, "_crmlab_sliced", False):
+        return
+
+    async def get_msg(self, timeout: float | None = None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = WAIT_SLICE_SECONDS if deadline is None else max(0.0, min(WAIT_SLICE_SECONDS, deadline - time.monotonic()))
+            try:
+                return await original(self, timeout=left)
+            except Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+
+    get_msg._crmlab_sliced = True
+    get_msg.__doc__ = original.__doc__
+    AsyncZMQSocketChannel.get_msg = get_msg
+
+
 def _execute(pm, step: Step, rp: params.RunParams, out_nb: Path, kernel_name: str, marks: dict) -> None:
+    slice_socket_waits()
     pm.execute_notebook(
         str(step.notebook),
         str(out_nb),
@@ -489,7 +480,6 @@ def _run_step(step: Step, rp: params.RunParams, out_dir: Path, res: StepResult, 
                 try:
                     with _kernel_env(), watch:
                         _execute(pm, step, rp, out_nb, kernel_name, marks)
-                    res.woken += watch.woken
                     break
                 except Exception:
                     if not watch.stalled or attempt == 2:
