@@ -855,8 +855,13 @@ def feed(con: duckdb.DuckDBPyConnection, p: dict, *, when=None) -> FeedResult:
     bdate = batch_date(con)
     if len(ccand) and bdate is not None:
         ccand["ts"] = pd.to_datetime(ccand["ts"]).fillna(bdate)
-    cstate = con.execute("SELECT customer_id, channel AS channel_name, opted_in AS cur_opted_in, updated_at AS cur_ts "
-                         "FROM _consent_state").df()
+    # the current state of the customers concerned only (all of it: 4 M rows at scale)
+    register_frame(con, "_cc_ids", pd.DataFrame({"customer_id": ccand["customer_id"].dropna().unique()}, dtype=object))
+    try:
+        cstate = con.execute("SELECT customer_id, channel AS channel_name, opted_in AS cur_opted_in, updated_at AS cur_ts "
+                             "FROM _consent_state WHERE customer_id IN (SELECT customer_id FROM _cc_ids)").df()
+    finally:
+        con.unregister("_cc_ids")
     cdec = decide_consents(ccand, cstate) if len(ccand) else ccand.assign(outcome=None, winner=False, old_value=None,
                                                                            effective_at=None)
 
