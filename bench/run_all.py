@@ -64,21 +64,50 @@ chiffres avant → après mesurés sur cette machine.
    calcule ses contrôles de valeurs illisibles en une passe et cherche les identifiants en double sans
    listes par groupe (9,8 s → 1,1 s sur 5,7 M commandes).
 
-**Deux défauts trouvés en mesurant** : avec ipykernel 7, un noyau sous charge restait inactif avec la
-requête d'exécution non lue (ipykernel#1554) – la chaîne et la suite de tests se bloquaient : ipykernel
-épinglé en 6.31. Et fusionner les étapes du chargeur en vues faisait planter DuckDB 1.5.6 de temps en
-temps (erreur de segmentation dans `StrpTimeFormat::Parse`, 3 étapes 01 sur 12) : elles restent des tables.
+9. **Chargeur** (session 3) : valeurs typées et classement des lignes dans une seule table qui ne garde que
+   la valeur et, là où la lecture peut échouer, le texte d'origine (« non vide » et « illisible » sont des
+   expressions ; le texte des colonnes texte était stocké deux fois, et ~40 colonnes de 5 M lignes recopiées
+   une fois de plus) ; la table brute du fichier est supprimée avant la mise en attente (les lignes rejetées
+   gardent leur enregistrement JSON à part). `load_sources` à l'échelle 185 : 135 s → 78 s.
+10. **Pondération des paires** (session 3) : le Jaro-Winkler de chaque paire de noms calculé une fois (trois
+    auparavant), Damerau-Levenshtein seulement entre longueurs voisines, listes de mots seulement pour les
+    noms composés, date de naissance en texte une fois par fiche : même table de paires (`EXCEPT ALL` vide
+    sur 7,3 M paires), 47 s → 33 s.
+11. **Contrôles e-mail et téléphone** : les formes courantes sont tranchées en vectoriel (motifs tirés des
+    métadonnées de `phonenumbers`, syntaxe e-mail sûre pour `email-validator`), le reste passe par les
+    bibliothèques ; des tests de propriétés vérifient que le raccourci ne valide que ce que les
+    bibliothèques valident. Le raccourci SQL de l'étape 01 lisait « 010000000.0 » (nombre de tableur)
+    comme +33100000000 : corrigé (trouvé par ces tests).
+12. **Étape 05** : normalisation, comparaison et rang calculés une fois par valeur distincte (deux millions
+    d'analyses `phonenumbers` : 38 s), filtres des contacts déjà intégrés en SQL, texte des issues en une
+    passe (24 s), provenance et état des consentements limités aux clients du lot : `feed` 190 s → 110 s.
+13. **Étape 03** : segments RFM de toutes les dates de campagne en une passe, membres du plan lus pour les
+    seuls clients ciblés, types de téléphone vectorisés : 102,6 s → 24,7 s (tables identiques).
+
+**Défauts trouvés en mesurant**
+
+- **Blocage des notebooks (cause trouvée)** : pris sur le fait dans le test du notebook 02 – le noyau avait
+  exécuté 24 cellules (la 24ᵉ affiche un widget), restait inactif, répondait aussitôt à un second client et
+  n'avait rien en attente, pendant que nbclient attendait la réponse dans un seul `poll` sans fin. Le
+  message est perdu côté client : le `poll` asyncio de pyzmq ne relit la socket que sur un front de son
+  descripteur, qui peut se perdre (nbclient#312, cellules à widgets). `runner.slice_socket_waits` découpe
+  chaque attente en tranches d'une seconde (un `poll` qui se termine relit l'état réel de la socket) ; le
+  « chien de garde » qui tue un noyau inactif 90 s et relance l'étape reste en dernier recours.
+- **KPI « rempli par canal » instable** : deux sources donnant le même consentement au même instant
+  donnaient l'une ou l'autre d'une exécution à l'autre ; la source départage maintenant.
+- Fusionner les étapes du chargeur en vues faisait planter DuckDB 1.5.6 de temps en temps (erreur de
+  segmentation dans `StrpTimeFormat::Parse`) : elles restent des tables.
 
 **Restants (cibles non atteintes)**
 
 - Résumé à 10 M transactions : **6,2×** lifetimes, pas 15×. Le plancher mesuré ici est l'agrégation à deux
   niveaux de DuckDB (client × jour puis client) : ~1,1 s même avec des clés entières, plus ~0,3 s de
   conversion pandas et ~0,4 s de tri par client, sur 2 cœurs ; lifetimes met ~15 s. Il faudrait ≤ 1,0 s.
-- Chaîne à 10 M transactions : **812 s et 7,6 Gio** (contre 983 s et 8,0 Gio avant ces corrections ;
-  l'étape 01 seule prenait 15,8 Gio avant la limite). Reste : étape 01 282 s (chargement de 1,6 Go de CSV
-  135 s, rapprochement de 1,58 M fiches 126 s), étape 05 252 s (`alimenter.feed` : décisions champ par champ
-  en pandas, `_interaction_candidates`, contrôles e-mail/téléphone en Python) et sa mémoire (7,6 Gio pendant
-  `feed`), étape 03 111 s (segments RFM recalculés à chaque date de campagne, plan des campagnes).
+- Chaîne à 10 M transactions : **521 s et 7,1 Gio** (812 s et 7,6 Gio à la session précédente, 983 s
+  avant). Reste : étape 01 215 s (rapprochement de 1,58 M fiches 116 s, chargement 78 s), étape 05 140 s
+  (`feed` 110 s, dont les décisions champ par champ en pandas ; c'est aussi là que la mémoire culmine :
+  trames pandas d'objets texte de ~2 M valeurs candidates en plus des 3 Gio de DuckDB), étape 02 73 s,
+  étape 04 58 s (rapprochement des contacts entrants).
 - Précision du rapprochement à l'échelle 185 : 0,895 au seuil 0,90 (rappel 0,981) ; le monde de démo a
   un vocabulaire de noms et de villes fixe, donc bien plus d'homonymes par ville à 1,15 M personnes. Le
   poids a priori du modèle (fixe) devrait dépendre de la taille de la base.
