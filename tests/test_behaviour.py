@@ -115,3 +115,34 @@ def test_feature_groups_and_unknown_group():
         behaviour.select(feat, ["panier"])
     res = behaviour.cluster(feat, k=2, seed=1, groups=["basket"])
     assert list(res.z.columns) == ["basket"] and res.k == 2 and len(res.silhouette) == 0
+
+
+@pytest.mark.parametrize("n, ks", [(40, (2, 3)), (300, (2, 4, 7))], ids=["tiny", "several-k"])
+def test_silhouettes_equal_sklearn_exactly(n, ks):
+    from sklearn.metrics import silhouette_score
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(n, 4))
+    label_sets = [rng.integers(0, k, size=n) for k in ks]
+    label_sets.append(np.where(X[:, 0] > 0, 7, 3))  # labels need not be 0..k-1
+    got = behaviour.silhouettes(X, label_sets)
+    assert got == [float(silhouette_score(X, labels)) for labels in label_sets]
+
+
+def test_silhouettes_reject_a_single_label():
+    with pytest.raises(ValueError, match="Number of labels is 1"):
+        behaviour.silhouettes(np.zeros((5, 2)), [np.zeros(5, dtype=int)])
+
+
+def test_features_shares_count_only_lines_with_a_value():
+    tx = pd.DataFrame({
+        "transaction_id": ["1", "2", "3", "4", "5", "6"],
+        "customer_id": ["a", "a", "a", "b", "c", "c"],
+        "ts": pd.to_datetime(["2020-01-01", "2020-01-02", "2020-01-03", "2020-01-04", "2020-01-05", "2020-01-06"]),
+        "amount": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+        "category": ["x", None, "y", None, "x", "x"],  # b has no category: shares 0, not NaN
+    })
+    got = behaviour.features(load(tx), "2020-02-01")
+    assert list(got.columns[-2:]) == ["category:x", "category:y"]
+    assert got["category:x"].tolist() == [0.5, 0.0, 1.0]
+    assert got["category:y"].tolist() == [0.5, 0.0, 0.0]

@@ -388,3 +388,53 @@ def test_demo_world_recovers_generating_parameters(demo_world):
     p, q, v = (gg.params[k] for k in ("p", "q", "v"))
     tp, tq, tv = (truth["gamma_gamma"][k] for k in ("p", "q", "v"))
     assert p * v / (q - 1) == pytest.approx(tp * tv / (tq - 1), rel=0.05)
+
+
+@pytest.mark.parametrize("merge_same_day", [True, False], ids=["merged-days", "timestamps"])
+def test_calibration_holdout_is_summary_at_holdout_start(small, merge_same_day):
+    """The one-pass calibration columns equal summary() at the first holdout day."""
+    con = load_transactions(small)
+    got = clv.calibration_holdout(con, "2020-04-06", calibration_end="2020-02-29", time_unit="week",
+                                  merge_same_day=merge_same_day)
+    ref = clv.summary(con, "2020-03-01", time_unit="week", merge_same_day=merge_same_day)
+    cal = got[["customer_id", "frequency_cal", "recency_cal", "T_cal", "monetary_cal", "first_purchase"]]
+    pd.testing.assert_frame_equal(cal.set_axis(clv.SUMMARY_COLUMNS, axis=1), ref)
+
+
+def test_tracking_counts_repeat_purchases_per_week():
+    """Actual weekly repeat purchases: every purchase of the cohort but each customer's first one."""
+    tx = pd.DataFrame({
+        "customer_id": ["a", "a", "a", "b", "b", "c", "d"],
+        "ts": pd.to_datetime(["2020-01-01 09:00", "2020-01-01 17:00", "2020-01-09 00:00", "2020-01-03 00:00", "2020-01-20 00:00",
+                              "2020-01-16 00:00", "2020-01-02 00:00"]),
+        "amount": [1.0] * 7,
+    })
+    con = load_transactions(tx)
+    calhold = clv.calibration_holdout(con, "2020-02-01", calibration_end="2020-01-15", time_unit="day",
+                                      merge_same_day=False)
+    assert calhold["customer_id"].tolist() == ["a", "b", "d"]  # c bought after the calibration
+    fit = clv.fit_purchases(calhold, "bgnbd", time_unit="day", penalizer=0.1,
+                            columns=("frequency_cal", "recency_cal", "T_cal"))
+    track = clv.tracking(con, fit, calhold, "2020-02-01", merge_same_day=False)
+    # week 1 = 01-07/01: a's second purchase the same day; week 2: a on 09/01; week 3: b on 20/01
+    assert track["actual"].tolist()[:5] == [1.0, 1.0, 1.0, 0.0, 0.0]
+    merged = clv.tracking(con, fit, calhold, "2020-02-01", merge_same_day=True)
+    assert merged["actual"].tolist()[:3] == [0.0, 1.0, 1.0]  # a's two purchases of 01/01 are one
+
+
+def test_customer_value_predicts_once_per_distinct_history(cdnow):
+    """Predictions of distinct (x, t_x, T) expanded back: duplicates get the same values, CLV parts agree."""
+    ch = cdnow["calhold"].rename(columns={"frequency_cal": "frequency", "recency_cal": "recency", "T_cal": "T",
+                                          "monetary_cal": "monetary"}).head(400)
+    bg = cdnow["bg"]
+    doubled = pd.concat([ch, ch.iloc[::-1]], ignore_index=True)  # every history twice, second copy reversed
+    pred = clv.predict(bg, doubled, 2.0)
+    np.testing.assert_array_equal(pred.iloc[:400].to_numpy(), pred.iloc[400:].iloc[::-1].to_numpy())
+    pd.testing.assert_frame_equal(pred.iloc[:400], clv.predict(bg, ch, 2.0))
+    values = clv.customer_value(bg, cdnow["gg"], ch, months=3)
+    pd.testing.assert_frame_equal(
+        values[["p_alive", "expected_purchases", "guarded"]],
+        clv.predict(bg, ch, 3 * clv.DAYS_PER_MONTH / clv.UNIT_DAYS[bg.time_unit]).reset_index(drop=True))
+    disc = clv.discounted_purchases(bg, ch, 3, clv.monthly_rate(0.10))
+    np.testing.assert_array_equal(values["clv"].to_numpy(),
+                                  0.30 * clv.expected_spend(cdnow["gg"], ch["frequency"], ch["monetary"]) * disc)

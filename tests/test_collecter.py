@@ -85,6 +85,38 @@ def test_collect_matches_creates_prospects_and_measures(tmp_path):
     con.execute("ROLLBACK")
 
 
+
+def test_prospect_record_comes_from_the_file_of_its_key_contact(tmp_path):
+    """A prospect seen in two files keeps the file of the contact whose id is its key (the smallest)."""
+    first, second = tmp_path / "a.csv", tmp_path / "b.csv"
+    first.write_text(HEADER + "I9,2025-05-09 10:00,web,zoe.inconnue@proton.me,Zoé,Inconnue,,,,,\n", encoding="utf-8")
+    second.write_text(HEADER + "I1,2025-05-01 10:00,email,zoe.inconnue@proton.me,Zoé,Inconnue,,,,,\n", encoding="utf-8")
+    con = _base(tmp_path)
+    p = _params(first)
+    p["sources"] = [{**p["sources"][0], "path": str(first)}, {**p["sources"][0], "name": "autres", "path": str(second)}]
+    con.execute("BEGIN")
+    collecter.collect(con, p)
+    rec = con.execute("SELECT source, source_key, sha256 FROM source_customers WHERE source IN ('entrants', 'autres')").df()
+    assert rec[["source", "source_key"]].values.tolist() == [["autres", "I1"]]
+    sha_i1 = con.execute("SELECT sha256 FROM interactions WHERE interaction_id = 'I1'").fetchone()[0]
+    assert rec["sha256"].iloc[0] == sha_i1
+    con.execute("ROLLBACK")
+
+
+def test_items_new_changed_and_known_values(tmp_path):
+    """A field the customer's records lack is new, another value is changed, a known value is no item."""
+    path = tmp_path / "entrants.csv"
+    path.write_text(HEADER + "I1,2025-05-01 10:00,web,marie.dupont@gmail.com,Marie,Dupont,0699999999,,,,\n"
+                    "I2,2025-05-02 11:00,telephone,jean@exemple.fr,Jean,MARTIN,+33698765432,,,,\n", encoding="utf-8")
+    con = _base(tmp_path)
+    con.execute("BEGIN")
+    collecter.collect(con, _params(path))
+    items = con.execute("SELECT interaction_id, customer_id, field, new_value, change FROM _col_items ORDER BY 1, 3").df()
+    assert items.values.tolist() == [["I1", "C1", "phone", "+33699999999", "changed"],
+                                     ["I2", "C2", "email", "jean@exemple.fr", "new"]]
+    con.execute("ROLLBACK")
+
+
 def test_keep_text_true_keeps_the_message(tmp_path):
     path = tmp_path / "entrants.csv"
     path.write_text(HEADER + GOOD, encoding="utf-8")

@@ -221,3 +221,32 @@ def test_notebook_end_to_end(tmp_path, kernel_name):
     html = top.outputs[0]["data"]["text/html"]
     assert "Les constats s'affichent ici" not in html  # replaced by the computed findings
     assert "ont déjà acheté" in html and "cible(s) préparée(s)" in html
+
+
+def test_write_snapshot_round_trip(tmp_path):
+    """Segments, clusters (some missing) and models are stored as they are in the frame."""
+    path = tmp_path / "db.duckdb"
+    make_db(path, n_customers=40)
+    p = run_params(as_of="2024-01-01", run_id="r1", database=str(path))
+    con = db.open_step(path, "02", "r1", p.as_of)
+    c = segmenter.customers_rfm(con, p)
+    ids = c["customer_id"].tolist()
+    clusters = pd.DataFrame({"customer_id": ids[:30], "cluster": ["Gros paniers", "Surtout web"] * 15})
+    clv_df = pd.DataFrame({"customer_id": ids, "p_alive": np.linspace(0, 1, len(ids)), "clv": np.arange(len(ids), dtype=float),
+                           "expected_purchases": 1.0})
+    full = segmenter.attach_models(c, clv_df, clusters)
+    assert segmenter.write_snapshot(con, full, as_of=p.as_of, run_id="r1") == len(c)
+    got = con.execute("""SELECT customer_id, rfm_segment, cluster, p_alive, clv, run_id, as_of FROM segments
+                         ORDER BY customer_id""").df()
+    assert got["customer_id"].tolist() == sorted(ids)
+    exp = full.set_index("customer_id").loc[got["customer_id"]]
+    assert got["rfm_segment"].tolist() == exp["rfm_segment"].astype(str).tolist()
+    assert [None if pd.isna(v) else v for v in got["cluster"]] == [None if pd.isna(v) else v for v in exp["cluster"]]
+    assert got["cluster"].isna().sum() == len(c) - 30
+    assert got["p_alive"].tolist() == exp["p_alive"].tolist() and got["clv"].tolist() == exp["clv"].tolist()
+    assert set(got["run_id"]) == {"r1"} and set(got["as_of"].astype(str)) == {"2024-01-01"}
+    none = segmenter.attach_models(c)  # without models: NULL cluster, p_alive and clv
+    segmenter.write_snapshot(con, none, as_of=p.as_of, run_id="r1")
+    row = con.execute("SELECT count(*), count(cluster), count(p_alive), count(clv) FROM segments").fetchone()
+    assert row == (len(c), 0, 0, 0)
+    con.close()

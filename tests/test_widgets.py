@@ -97,3 +97,19 @@ def test_widgets_build():
     # segments, clusters, CLV, p_alive, control share, output
     assert len(builder.children) == 6
     builder.children[0].value = ("Champions",)  # observers recompute without error
+
+
+def test_show_rfm_explorer_static_part(monkeypatch):
+    """The report shows the run's table and the number of customers another bin count would move."""
+    pytest.importorskip("ipywidgets")
+    import IPython.display
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj, **kw: shown.append(obj))
+    f = frame()
+    widgets.show_rfm_explorer(f, {"rfm_bins": 5, "rfm_scheme": "rf_grid", "rfm_custom_scheme": None})
+    pd.testing.assert_frame_equal(shown[1].data, widgets.show_table(widgets.rfm_summary(f, 5)).data)
+    moved = widgets.changed_segments(f, "rf_grid", 5, 4)
+    assert f"environ {moved} clients" in shown[2].markup
+    pd.testing.assert_frame_equal(shown[3].data, shown[1].data)  # the widget opens on the same table
+    assert type(shown[-1]).__name__ == "VBox"

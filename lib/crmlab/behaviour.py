@@ -68,45 +68,50 @@ def features(
         raise InputError(f"La table {table} n'a pas les colonnes {missing}", file=table, column=missing[0])
     order_key = "COALESCE(order_id, transaction_id, CAST(ts AS VARCHAR))" if "order_id" in cols else "CAST(ts AS VARCHAR)"
     as_of = pd.Timestamp(as_of).date()
-    base = con.execute(
+    where = "customer_id IS NOT NULL AND ts < CAST(? AS TIMESTAMP)"
+    # the most common values of each share column: one small aggregation (a few groups)
+    share_cols = [c for c in SHARE_COLUMNS if c in cols]
+    kept: list[tuple[str, str]] = []  # (column, value) of every share feature, in output order
+    if share_cols:
+        union = " UNION ALL ".join(
+            f"SELECT {i} AS c, CAST({c} AS VARCHAR) AS value, COUNT(*) AS n FROM {table} "
+            f"WHERE {where} AND {c} IS NOT NULL GROUP BY value" for i, c in enumerate(share_cols))
+        tot = con.execute(union, [as_of] * len(share_cols)).df()
+        for i, col in enumerate(share_cols):
+            t = tot[tot["c"] == i]
+            if t["value"].nunique() < 2:
+                continue
+            top = t.sort_values(["n", "value"], ascending=[False, True])["value"].to_list()[:top_values]
+            kept += [(col, v) for v in top]
+    # one pass over the transactions: base features and, per share column, the customer's
+    # non-NULL lines and the lines of each kept value (values are parameters, never pasted)
+    shares = [f"COUNT({c}) AS n_{i}" for i, c in enumerate(share_cols)]
+    shares += [f"COUNT(*) FILTER (WHERE CAST({c} AS VARCHAR) = ?) AS v_{j}" for j, (c, _v) in enumerate(kept)]
+    # share of the customer's lines with a value, 0 when the customer has none (exact IEEE
+    # division of the two counts, as in pandas)
+    share_sql = "".join(
+        f", CASE WHEN n_{share_cols.index(c)} = 0 THEN 0.0 ELSE CAST(v_{j} AS DOUBLE) / n_{share_cols.index(c)} END AS f_{j}"
+        for j, (c, _v) in enumerate(kept))
+    out = con.execute(
         f"""
-        SELECT customer_id,
-               CAST(COUNT(DISTINCT {order_key}) AS DOUBLE) AS orders,
-               SUM(COALESCE(amount, 0)) / COUNT(DISTINCT {order_key}) AS basket,
-               CAST(date_diff('day', MIN(CAST(ts AS DATE)), CAST(? AS DATE)) AS DOUBLE) AS tenure_days,
-               CAST(date_diff('day', MAX(CAST(ts AS DATE)), CAST(? AS DATE)) AS DOUBLE) AS recency_days
-        FROM {table}
-        WHERE customer_id IS NOT NULL AND ts < CAST(? AS TIMESTAMP)
-        GROUP BY customer_id ORDER BY customer_id
-        """,
-        [as_of, as_of, as_of],
-    ).df()
-    base["customer_id"] = base["customer_id"].astype(str)
-    out = base
-    for col in SHARE_COLUMNS:
-        if col not in cols:
-            continue
-        counts = con.execute(
-            f"""
-            SELECT customer_id, CAST({col} AS VARCHAR) AS value, COUNT(*) AS n
+        SELECT customer_id, CAST(orders AS DOUBLE) AS orders, spend / orders AS basket,
+               CAST(date_diff('day', first_day, CAST(? AS DATE)) AS DOUBLE) AS tenure_days,
+               CAST(date_diff('day', last_day, CAST(? AS DATE)) AS DOUBLE) AS recency_days
+               {share_sql}
+        FROM (
+            SELECT customer_id, COUNT(DISTINCT {order_key}) AS orders, SUM(COALESCE(amount, 0)) AS spend,
+                   MIN(CAST(ts AS DATE)) AS first_day, MAX(CAST(ts AS DATE)) AS last_day
+                   {''.join(', ' + s for s in shares)}
             FROM {table}
-            WHERE customer_id IS NOT NULL AND ts < CAST(? AS TIMESTAMP) AND {col} IS NOT NULL
-            GROUP BY customer_id, value
-            """,
-            [as_of],
-        ).df()
-        if counts["value"].nunique() < 2:
-            continue
-        tot = counts.groupby("value", as_index=False)["n"].sum()
-        top = tot.sort_values(["n", "value"], ascending=[False, True])["value"].to_list()[:top_values]
-        counts["customer_id"] = counts["customer_id"].astype(str)
-        totals = counts.groupby("customer_id")["n"].sum()
-        wide = counts[counts["value"].isin(top)].pivot_table(index="customer_id", columns="value", values="n", aggfunc="sum", fill_value=0)
-        wide = wide.div(totals.reindex(wide.index), axis=0)
-        wide = wide[[v for v in top if v in wide.columns]]
-        wide.columns = [f"{col}:{v}" for v in wide.columns]
-        out = out.merge(wide, left_on="customer_id", right_index=True, how="left")
-        out[list(wide.columns)] = out[list(wide.columns)].fillna(0.0)
+            WHERE {where}
+            GROUP BY customer_id
+        )
+        ORDER BY customer_id
+        """,
+        [as_of, as_of, *[v for _c, v in kept], as_of],
+    ).df()
+    out = out.rename(columns={f"f_{j}": f"{c}:{v}" for j, (c, v) in enumerate(kept)})
+    out["customer_id"] = out["customer_id"].astype(str)
     return out.reset_index(drop=True)
 
 
@@ -135,6 +140,67 @@ def standardise(feat: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     sd = X.std(ddof=0)
     keep = sd[sd > 1e-12].index
     return (X[keep] - X[keep].mean()) / sd[keep]
+
+
+def silhouettes(X: np.ndarray, label_sets: list[np.ndarray]) -> list[float]:
+    """Mean silhouette coefficient (Euclidean) of several labellings of the same points.
+
+    Gives exactly ``sklearn.metrics.silhouette_score(X, labels)`` for each labelling (same
+    chunked distances, same per-cluster sums with ``np.bincount``, same divisions), but
+    computes the pairwise distances once for all labellings instead of once per labelling:
+    they are the costly part (the k-search of :func:`cluster` tries up to 19 labellings).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d)
+        Points (float64).
+    label_sets : list of ndarray of shape (n,)
+        Cluster labels; each labelling must have 2 to n - 1 distinct labels.
+
+    Returns
+    -------
+    list of float
+        One score per labelling, in the order given.
+    """
+    from sklearn.metrics import pairwise_distances_chunked
+
+    X = np.asarray(X, dtype=float)
+    n = X.shape[0]
+    encoded = []
+    for labels in label_sets:
+        _, lab = np.unique(np.asarray(labels), return_inverse=True)
+        freqs = np.bincount(lab)
+        if not 1 < len(freqs) < n:
+            raise ValueError(f"Number of labels is {len(freqs)}. Valid values are 2 to n_samples - 1 (inclusive)")
+        encoded.append((lab, freqs))
+    intra = [[] for _ in encoded]
+    inter = [[] for _ in encoded]
+    start = 0
+    for D_chunk in pairwise_distances_chunked(X, metric="euclidean"):
+        rows = D_chunk.shape[0]
+        end = start + rows
+        for j, (lab, freqs) in enumerate(encoded):
+            dist = np.zeros((rows, len(freqs)), dtype=D_chunk.dtype)
+            for i in range(rows):
+                dist[i] += np.bincount(lab, weights=D_chunk[i], minlength=len(freqs))
+            own = (np.arange(rows), lab[start:end])
+            intra[j].append(dist[own])
+            dist[own] = np.inf
+            dist /= freqs
+            inter[j].append(dist.min(axis=1))
+        start = end
+    out = []
+    for j, (lab, freqs) in enumerate(encoded):
+        a = np.concatenate(intra[j])
+        b = np.concatenate(inter[j])
+        denom = (freqs - 1).take(lab, mode="clip")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            a /= denom
+        s = b - a
+        with np.errstate(divide="ignore", invalid="ignore"):
+            s /= np.maximum(a, b)
+        out.append(float(np.mean(np.nan_to_num(s))))
+    return out
 
 
 @dataclass
@@ -176,7 +242,6 @@ def cluster(feat: pd.DataFrame, *, k: int = 0, k_max: int = 8, seed: int = 42, g
         Maximum rows used to compute silhouettes.
     """
     from sklearn.cluster import KMeans
-    from sklearn.metrics import silhouette_score
 
     Z = standardise(feat, select(feat, groups))
     n = len(Z)
@@ -192,11 +257,15 @@ def cluster(feat: pd.DataFrame, *, k: int = 0, k_max: int = 8, seed: int = 42, g
             rng = np.random.default_rng(seed)
             idx = np.sort(rng.choice(n, size=min(n, sample), replace=False))
             Zs = Z.to_numpy()[idx]
+            tried = []
             for kk in range(2, max(2, min(k_max, len(idx) - 1)) + 1):
                 km = KMeans(n_clusters=kk, random_state=seed, n_init=N_INIT).fit(Zs)
                 if len(np.unique(km.labels_)) < 2:
                     continue
-                scores.append((kk, float(silhouette_score(Zs, km.labels_, random_state=seed))))
+                tried.append((kk, km.labels_))
+            # the sample's distances are the same for every k: computed once for all of them
+            sil = silhouettes(Zs, [labels for _kk, labels in tried])
+            scores = [(kk, s) for (kk, _labels), s in zip(tried, sil, strict=True)]
             k = max(scores, key=lambda t: t[1])[0] if scores else 2
         k = min(k, n)
         km = KMeans(n_clusters=k, random_state=seed, n_init=N_INIT).fit(Z.to_numpy())

@@ -118,8 +118,10 @@ def calibration_dates(as_of, holdout_days: int = 180, calibration_end=None) -> t
 # --------------------------------------------------------------------------- summaries (SQL)
 
 
-def _purchases_sql(table: str, merge_same_day: bool) -> str:
-    """Return the SQL of one row per purchase ``(customer_id, g, day, value)`` before ``?`` (as_of).
+def _purchases_sql(table: str, merge_same_day: bool, as_of: str = "?") -> str:
+    """Return the SQL of one row per purchase ``(customer_id, g, day, value)`` before ``as_of``.
+
+    ``as_of`` is the SQL parameter of the first day not observed (``?`` or ``$name``).
 
     ``g`` is the purchase grain (the day when ``merge_same_day``, else the timestamp),
     ``value`` the total spent in that purchase. No window function: the per-customer
@@ -133,7 +135,7 @@ def _purchases_sql(table: str, merge_same_day: bool) -> str:
         FROM (
             SELECT customer_id, {grain} AS g, SUM(COALESCE(amount, 0)) AS value
             FROM {table}
-            WHERE customer_id IS NOT NULL AND ts IS NOT NULL AND ts < CAST(? AS TIMESTAMP)
+            WHERE customer_id IS NOT NULL AND ts IS NOT NULL AND ts < CAST({as_of} AS TIMESTAMP)
             GROUP BY customer_id, g
         )
     """
@@ -224,20 +226,33 @@ def calibration_holdout(
         their mean value (0 if none) and the holdout length in ``time_unit``.
     """
     start, end = calibration_dates(as_of, holdout_days, calibration_end)
-    cal = summary(con, start, time_unit=time_unit, merge_same_day=merge_same_day, table=table)
+    _check_table(con, table)
     unit = UNIT_DAYS[time_unit]
-    hold = con.execute(
+    # one pass: the purchases up to as_of, split by FILTER into the calibration summary (the
+    # expressions of `summary` at `start`: a customer's first purchase, its day and value
+    # are those of the calibration when it bought before `start`) and the holdout outcome
+    cal = "day < $start"
+    out = con.execute(
         f"""
-        WITH p AS ({_purchases_sql(table, merge_same_day)})
-        SELECT customer_id, CAST(COUNT(*) AS BIGINT) AS frequency_holdout, AVG(value) AS monetary_holdout
-        FROM p WHERE day >= CAST(? AS DATE) GROUP BY customer_id
+        WITH p AS ({_purchases_sql(table, merge_same_day, "$end")})
+        SELECT customer_id,
+               CAST(COUNT(*) FILTER (WHERE {cal}) - 1 AS BIGINT) AS frequency,
+               date_diff('day', MIN(day) FILTER (WHERE {cal}), MAX(day) FILTER (WHERE {cal})) / $unit AS recency,
+               date_diff('day', MIN(day), $start - INTERVAL 1 DAY) / $unit AS T,
+               CASE WHEN COUNT(*) FILTER (WHERE {cal}) > 1
+                    THEN round((SUM(value) FILTER (WHERE {cal}) - arg_min(value, g))
+                               / (COUNT(*) FILTER (WHERE {cal}) - 1), 6) ELSE 0 END AS monetary,
+               MIN(day) AS first_purchase,
+               CAST(COUNT(*) FILTER (WHERE NOT {cal}) AS BIGINT) AS frequency_holdout,
+               coalesce(AVG(value) FILTER (WHERE NOT {cal}), 0.0) AS monetary_holdout
+        FROM p GROUP BY customer_id HAVING COUNT(*) FILTER (WHERE {cal}) > 0 ORDER BY customer_id
         """,
-        [end, start],
+        {"end": end, "start": start, "unit": unit},
     ).df()
-    out = cal.rename(columns={c: f"{c}_cal" for c in ("frequency", "recency", "T", "monetary")})
-    out = out.merge(hold, on="customer_id", how="left")
-    out["frequency_holdout"] = out["frequency_holdout"].fillna(0).astype("int64")
-    out["monetary_holdout"] = out["monetary_holdout"].fillna(0.0).astype(float)
+    out = _typed(out, [*SUMMARY_COLUMNS, "frequency_holdout", "monetary_holdout"])
+    out = out.rename(columns={c: f"{c}_cal" for c in ("frequency", "recency", "T", "monetary")})
+    out["frequency_holdout"] = out["frequency_holdout"].astype("int64")
+    out["monetary_holdout"] = out["monetary_holdout"].astype(float)
     out["duration_holdout"] = (end - start).days / unit
     return out[CALHOLD_COLUMNS]
 
@@ -479,15 +494,43 @@ def predict(fit: Fit, data: pd.DataFrame, horizon: float, columns: tuple[str, st
         Same index as ``data``: ``p_alive`` (0–1), ``expected_purchases`` (≥ 0) and
         ``guarded`` (bool, the value was replaced).
     """
-    f_col, r_col, t_col = columns
-    keys = data[list(columns)].rename(columns={f_col: "frequency", r_col: "recency", t_col: "T"})
-    uniq = keys.drop_duplicates().reset_index(drop=True)
-    x = uniq["frequency"].to_numpy(dtype=float)
-    tx = uniq["recency"].to_numpy(dtype=float)
-    T = uniq["T"].to_numpy(dtype=float)
-    f = fit.fitter
-    p = _safe(f.conditional_probability_alive, x, tx, T)
-    e = _safe(f.conditional_expected_number_of_purchases_up_to_time, horizon, x, tx, T)
+    keys = _Keys(data, columns)
+    raw_p = keys.p_alive(fit)
+    p, e, bad = _predict_unique(fit, keys, raw_p, horizon)
+    return pd.DataFrame({"p_alive": keys.expand(p), "expected_purchases": keys.expand(e), "guarded": keys.expand(bad)},
+                        index=data.index)
+
+
+class _Keys:
+    """Distinct (frequency, recency, T) rows of ``data`` and the row → distinct-row map.
+
+    The model's predictions depend on these three numbers only: they are computed once
+    per distinct row (in order of first occurrence) and expanded back to the customers.
+    """
+
+    def __init__(self, data: pd.DataFrame, columns: tuple[str, str, str]):
+        keys = data[list(columns)]
+        self.codes = keys.groupby(list(columns), sort=False, dropna=False).ngroup().to_numpy()
+        first = np.unique(self.codes, return_index=True)[1]
+        uniq = keys.iloc[first]
+        self.x = uniq[columns[0]].to_numpy(dtype=float)
+        self.tx = uniq[columns[1]].to_numpy(dtype=float)
+        self.T = uniq[columns[2]].to_numpy(dtype=float)
+
+    def p_alive(self, fit: Fit) -> np.ndarray:
+        """Raw model probability alive per distinct row (not guarded)."""
+        return _safe(fit.fitter.conditional_probability_alive, self.x, self.tx, self.T)
+
+    def expand(self, values: np.ndarray) -> np.ndarray:
+        """Per-customer values from per-distinct-row ones."""
+        return values[self.codes]
+
+
+def _predict_unique(fit: Fit, keys: _Keys, raw_p: np.ndarray, horizon: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Guarded (p_alive, expected purchases over ``horizon``, guarded) per distinct row; see :func:`predict`."""
+    x, tx, T = keys.x, keys.tx, keys.T
+    p = raw_p.copy()
+    e = _safe(fit.fitter.conditional_expected_number_of_purchases_up_to_time, horizon, x, tx, T)
     bad = ~np.isfinite(p) | ~np.isfinite(e) | (p < -1e-9) | (p > 1 + 1e-9) | (e < -1e-9)
     if bad.any():
         r, alpha = fit.params["r"], fit.params["alpha"]
@@ -495,12 +538,7 @@ def predict(fit: Fit, data: pd.DataFrame, horizon: float, columns: tuple[str, st
         p_fb = np.where(x[bad] > 0, 1.0, np.clip(np.nan_to_num(p[bad], nan=1.0), 0, 1))
         p[bad] = p_fb
         e[bad] = p_fb * rate * horizon
-    uniq["p_alive"] = np.clip(p, 0.0, 1.0)
-    uniq["expected_purchases"] = np.clip(e, 0.0, None)
-    uniq["guarded"] = bad
-    out = keys.merge(uniq, on=["frequency", "recency", "T"], how="left")
-    out.index = data.index
-    return out[["p_alive", "expected_purchases", "guarded"]]
+    return np.clip(p, 0.0, 1.0), np.clip(e, 0.0, None), bad
 
 
 def expected_spend(spend: Fit, frequency, monetary) -> np.ndarray:
@@ -540,10 +578,17 @@ def discounted_purchases(fit: Fit, data: pd.DataFrame, months: int, monthly_disc
         One discounted expected number of purchases per row of ``data``.
     """
     upm = units_per_month or DAYS_PER_MONTH / UNIT_DAYS[fit.time_unit]
-    total = np.zeros(len(data))
-    prev = np.zeros(len(data))
+    keys = _Keys(data, ("frequency", "recency", "T"))
+    return keys.expand(_discounted_unique(fit, keys, keys.p_alive(fit), months, monthly_discount, upm))
+
+
+def _discounted_unique(fit: Fit, keys: _Keys, raw_p: np.ndarray, months: int, monthly_discount: float,
+                       upm: float) -> np.ndarray:
+    """:func:`discounted_purchases` per distinct row of ``keys``."""
+    total = np.zeros(len(keys.x))
+    prev = np.zeros(len(keys.x))
     for m in range(1, int(months) + 1):
-        cum = predict(fit, data, m * upm)["expected_purchases"].to_numpy()
+        cum = _predict_unique(fit, keys, raw_p, m * upm)[1]
         total += (cum - prev) / (1.0 + monthly_discount) ** m
         prev = cum
     return total
@@ -582,15 +627,17 @@ def customer_value(
     """
     _require(data, ["customer_id", "frequency", "recency", "T", "monetary"], "customer_value")
     upm = DAYS_PER_MONTH / UNIT_DAYS[purchases.time_unit]
-    pred = predict(purchases, data, months * upm)
+    keys = _Keys(data, ("frequency", "recency", "T"))  # predictions once per distinct (x, t_x, T)
+    raw_p = keys.p_alive(purchases)
+    p, e, bad = _predict_unique(purchases, keys, raw_p, months * upm)
     spend_hat = expected_spend(spend, data["frequency"], data["monetary"])
-    disc = discounted_purchases(purchases, data, months, monthly_rate(discount_rate_annual), upm)
+    disc = keys.expand(_discounted_unique(purchases, keys, raw_p, months, monthly_rate(discount_rate_annual), upm))
     out = data[["customer_id", "frequency", "recency", "T", "monetary"]].copy()
-    out["p_alive"] = pred["p_alive"].to_numpy()
-    out["expected_purchases"] = pred["expected_purchases"].to_numpy()
+    out["p_alive"] = keys.expand(p)
+    out["expected_purchases"] = keys.expand(e)
     out["expected_spend"] = spend_hat
     out["clv"] = margin_rate * spend_hat * disc
-    out["guarded"] = pred["guarded"].to_numpy()
+    out["guarded"] = keys.expand(bad)
     return out.reset_index(drop=True)
 
 
@@ -692,7 +739,10 @@ def tracking(
     Week 1 starts on the cohort's first purchase day. The expectation sums, over cohorts
     of the same first purchase day d, n_d × E[X(t)] with t the time from d to the last
     day of the week (the unconditional expectation of the fitted model, i.e. the
-    "tracking" forecast of Fader, Hardie & Lee).
+    "tracking" forecast of Fader, Hardie & Lee). The actual repeat purchases are all the
+    purchases of the cohort (``calhold`` customers) but each customer's first one, counted
+    on its ``first_purchase`` day: ``calhold`` must come from :func:`calibration_holdout`
+    on the same table and ``merge_same_day``.
 
     Returns
     -------
@@ -705,20 +755,26 @@ def tracking(
     first_days = pd.to_datetime(cohort.index).values.astype("datetime64[D]")
     start = first_days.min()
     n_weeks = int(np.ceil((np.datetime64(end) - start).astype(int) / step_days))
+    # repeat purchases per week = every purchase of the cohort per week minus each
+    # customer's first purchase (the one with the smallest grain, on its first_purchase day):
+    # one aggregation of the purchases, no self-join on the first purchase
     register_frame(con, "_clv_cohort", calhold[["customer_id"]])
     try:
         weekly = con.execute(
             f"""
-            WITH p AS ({_purchases_sql(table, merge_same_day)}),
-            f AS (SELECT customer_id, MIN(g) AS g0 FROM p GROUP BY customer_id)
+            WITH p AS ({_purchases_sql(table, merge_same_day)})
             SELECT CAST(floor(date_diff('day', CAST(? AS DATE), p.day) / ?) AS BIGINT) + 1 AS week, COUNT(*) AS n
-            FROM p JOIN f USING (customer_id) JOIN _clv_cohort c USING (customer_id)
-            WHERE p.g > f.g0 GROUP BY 1
+            FROM p SEMI JOIN _clv_cohort c ON c.customer_id = p.customer_id
+            GROUP BY 1
             """,
             [end, pd.Timestamp(start).date(), step_days],
         ).df()
     finally:
         con.unregister("_clv_cohort")
+    first_week = (pd.to_datetime(calhold["first_purchase"]).values.astype("datetime64[D]") - start).astype(int) // step_days + 1
+    firsts = pd.Series(first_week).value_counts()
+    weekly = weekly.set_index("week")["n"].astype("int64").sub(firsts, fill_value=0)
+    weekly = weekly[weekly != 0].rename_axis("week").reset_index(name="n")
     weeks = np.arange(1, n_weeks + 1)
     last_day = start + (weeks * step_days - 1).astype("timedelta64[D]")
     last_day = np.minimum(last_day, np.datetime64(end) - np.timedelta64(1, "D"))

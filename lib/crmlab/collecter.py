@@ -349,7 +349,7 @@ def match(con: duckdb.DuckDBPyConnection, p: dict) -> None:
                    arg_max(n.address, c.ts) FILTER (WHERE n.address IS NOT NULL) AS address,
                    arg_max(n.postal_code, c.ts) FILTER (WHERE n.postal_code IS NOT NULL) AS postal_code,
                    arg_max(n.city, c.ts) FILTER (WHERE n.city IS NOT NULL) AS city,
-                   min(c.ts) AS created_at, max(c.ts) AS updated_at, any_value(c.sha256) AS sha256,
+                   min(c.ts) AS created_at, max(c.ts) AS updated_at, arg_min(c.sha256, c.interaction_id) AS sha256,
                    min(c.row_number) AS row_number
             FROM _col_unknown u JOIN _col_norm n ON n.source_key = u.interaction_id
             JOIN _col_new c ON c.interaction_id = u.interaction_id
@@ -357,19 +357,19 @@ def match(con: duckdb.DuckDBPyConnection, p: dict) -> None:
         """)
         con.execute("""
             CREATE OR REPLACE TEMP TABLE _col_matched AS
-            SELECT c.*, coalesce(m.customer_id, pr.customer_id) AS matched_id,
-                   CASE WHEN m.rule IS NOT NULL THEN m.rule WHEN pr.customer_id IS NOT NULL THEN 'prospect'
+            SELECT c.* REPLACE (coalesce(m.customer_id, pr.customer_id) AS customer_id),
+                   coalesce(m.customer_id, pr.customer_id) AS matched_id,
+                   -- contacts matched to an existing prospect are not "new prospects"
+                   CASE WHEN m.rule IS NOT NULL AND kp.customer_id IS NOT NULL THEN 'known_prospect'
+                        WHEN m.rule IS NOT NULL THEN m.rule WHEN pr.customer_id IS NOT NULL THEN 'prospect'
                         ELSE 'anonymous' END AS rule
             FROM _col_new c LEFT JOIN _col_cand m USING (interaction_id)
+            LEFT JOIN (SELECT DISTINCT customer_id FROM customers WHERE is_prospect) kp ON kp.customer_id = m.customer_id
             LEFT JOIN _col_unknown u USING (interaction_id)
             LEFT JOIN _col_prospects pr ON pr.source = u.p_source AND pr.source_key = u.p_key
         """)
     finally:
         con.unregister("_col_unknown")
-    con.execute("UPDATE _col_matched SET customer_id = matched_id")
-    # contacts matched to an existing prospect are not "new prospects"
-    con.execute("""UPDATE _col_matched SET rule = 'known_prospect' WHERE rule IN ('email', 'phone_name', 'key')
-                   AND customer_id IN (SELECT customer_id FROM customers WHERE is_prospect)""")
     con.execute("""
         INSERT INTO source_customers (source, source_key, first_name, last_name, email, phone, address, postal_code,
                                       city, country, created_at, updated_at, sha256, row_number)
@@ -392,6 +392,8 @@ def _clusters(unknown: pd.DataFrame) -> np.ndarray:
     if n == 0:
         return np.zeros(0, dtype=np.int64)
     frame = unknown.reset_index(drop=True)
+    # string dtype: a column that is NULL for every contact (no phone at all) comes back untyped
+    frame = frame.assign(**{c: frame[c].astype("string") for c in ("email_strict", "phone_e164", "ln_phon")})
     keys = pd.concat([
         pd.DataFrame({"i": frame.index, "k": "e:" + frame["email_strict"]}).dropna(),
         pd.DataFrame({"i": frame.index, "k": "p:" + frame["phone_e164"] + "|" + frame["ln_phon"].fillna("")}).dropna(),
@@ -428,24 +430,26 @@ def write(con: duckdb.DuckDBPyConnection, p: dict) -> None:
                    m.city AS city_v
             FROM _col_matched m JOIN _col_norm x ON x.source_key = m.interaction_id
             WHERE m.customer_id IS NOT NULL
-        ), have AS (
-            SELECT r.customer_id, list(DISTINCT r.email_clean) FILTER (WHERE r.email_clean IS NOT NULL) AS email,
-                   list(DISTINCT r.phone_e164) FILTER (WHERE r.phone_e164 IS NOT NULL) AS phone,
-                   list(DISTINCT r.address_norm) FILTER (WHERE r.address_norm IS NOT NULL) AS address,
-                   list(DISTINCT r.postal_code) FILTER (WHERE r.postal_code IS NOT NULL) AS postal_code,
-                   list(DISTINCT r.city_norm) FILTER (WHERE r.city_norm IS NOT NULL) AS city
-            FROM _col_ref r GROUP BY r.customer_id
-        ), long AS (
-            SELECT n.*, f.field, f.val, f.shown, f.known
-            FROM n LEFT JOIN have h USING (customer_id),
-            LATERAL (VALUES ('email', n.email, n.email_v, h.email), ('phone', n.phone, n.phone_v, h.phone),
-                            ('address', n.address, n.address_v, h.address), ('postal_code', n.postal_code, n.postal_code_v, h.postal_code),
-                            ('city', n.city, n.city_v, h.city)) f(field, val, shown, known)
-            WHERE f.val IS NOT NULL AND NOT coalesce(list_contains(f.known, f.val), false)
+        ), nl AS (
+            SELECT n.interaction_id, n.customer_id, n.channel, n.source, n.ts, n.rule, f.field, f.val, f.shown
+            FROM n, LATERAL (VALUES ('email', n.email, n.email_v), ('phone', n.phone, n.phone_v),
+                                    ('address', n.address, n.address_v),
+                                    ('postal_code', n.postal_code, n.postal_code_v),
+                                    ('city', n.city, n.city_v)) f(field, val, shown)
+            WHERE f.val IS NOT NULL
+        ), known AS (  -- the values the records of the contacted customers hold, one row per value
+            SELECT DISTINCT r.customer_id, f.field, f.val
+            FROM (SELECT * FROM _col_ref WHERE customer_id IN (SELECT customer_id FROM n)) r,
+            LATERAL (VALUES ('email', r.email_clean), ('phone', r.phone_e164), ('address', r.address_norm),
+                            ('postal_code', r.postal_code), ('city', r.city_norm)) f(field, val)
+            WHERE f.val IS NOT NULL
+        ), has AS (
+            SELECT DISTINCT customer_id, field FROM known
         )
-        SELECT interaction_id, customer_id, channel, source, ts, rule, field, shown AS new_value,
-               CASE WHEN known IS NULL OR len(known) = 0 THEN 'new' ELSE 'changed' END AS change
-        FROM long
+        SELECT nl.interaction_id, nl.customer_id, nl.channel, nl.source, nl.ts, nl.rule, nl.field,
+               nl.shown AS new_value, CASE WHEN h.customer_id IS NULL THEN 'new' ELSE 'changed' END AS change
+        FROM nl LEFT JOIN has h ON h.customer_id = nl.customer_id AND h.field = nl.field
+        ANTI JOIN known k ON k.customer_id = nl.customer_id AND k.field = nl.field AND k.val = nl.val
     """)
     con.execute("""
         INSERT INTO contact_history (customer_id, field, old_value, new_value, channel, source, changed_at, run_id)

@@ -337,7 +337,12 @@ def transition_matrix(before: pd.DataFrame, after: pd.DataFrame, order: list[str
     merged = after[["customer_id", "segment"]].rename(columns={"segment": "after"}).merge(
         before[["customer_id", "segment"]].rename(columns={"segment": "before"}), on="customer_id", how="left")
     merged["before"] = merged["before"].astype(object).where(merged["before"].notna(), NEW_LABEL)
-    merged["after"] = merged["after"].astype(object)
+    return _transition(merged, order)
+
+
+def _transition(merged: pd.DataFrame, order: list[str] | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`transition_matrix` of a frame ``after, before`` (one row per customer of ``after``, new ones labelled)."""
+    merged = merged.assign(after=merged["after"].astype(object))
     seen_after = list(dict.fromkeys(merged["after"]))
     seen_before = list(dict.fromkeys(merged["before"]))
     base = order or sorted(set(seen_after) | set(seen_before) - {NEW_LABEL})
@@ -375,17 +380,33 @@ def migration(con: duckdb.DuckDBPyConnection, p: dict, customers: pd.DataFrame) 
     b = before[["customer_id", "rfm_segment"]].rename(columns={"rfm_segment": "segment"})
     a = customers[["customer_id", "rfm_segment"]].rename(columns={"rfm_segment": "segment"})
     a = a.assign(segment=a["segment"].astype(str))
-    counts, pct = transition_matrix(b, a, order)
     t_start = (pd.Timestamp(t0) - pd.DateOffset(months=p["comparison_months"])).date().isoformat()
-    rev = con.execute("""
-        SELECT customer_id,
-               SUM(amount) FILTER (WHERE ts >= CAST(? AS DATE) AND ts < CAST(? AS DATE)) AS revenue_before,
-               SUM(amount) FILTER (WHERE ts >= CAST(? AS DATE) AND ts < CAST(? AS DATE)) AS revenue_after
-        FROM transactions WHERE customer_id IS NOT NULL AND ts >= CAST(? AS DATE) AND ts < CAST(? AS DATE)
-        GROUP BY customer_id""", [t_start, t0, t0, p["as_of"], t_start, p["as_of"]]).df()
-    m = a.rename(columns={"segment": "after"}).merge(b.rename(columns={"segment": "before"}), on="customer_id", how="left")
-    m["before"] = m["before"].astype(object).where(m["before"].notna(), NEW_LABEL)
-    m = m.merge(rev, on="customer_id", how="left").fillna({"revenue_before": 0.0, "revenue_after": 0.0})
+    # each customer of today with its segment then and the revenue before / after t0: joined
+    # in DuckDB, returned in the order of `customers`
+    register_frame(con, "_mig_a", pd.DataFrame({"i": np.arange(len(a)), "customer_id": a["customer_id"].reset_index(drop=True)}))
+    register_frame(con, "_mig_b", b)
+    try:
+        joined = con.execute("""
+            SELECT b.segment AS before, coalesce(r.revenue_before, 0.0) AS revenue_before,
+                   coalesce(r.revenue_after, 0.0) AS revenue_after
+            FROM _mig_a a LEFT JOIN _mig_b b ON b.customer_id = a.customer_id
+            LEFT JOIN (
+                SELECT customer_id,
+                       SUM(amount) FILTER (WHERE ts >= CAST(? AS DATE) AND ts < CAST(? AS DATE)) AS revenue_before,
+                       SUM(amount) FILTER (WHERE ts >= CAST(? AS DATE) AND ts < CAST(? AS DATE)) AS revenue_after
+                FROM transactions WHERE customer_id IS NOT NULL AND ts >= CAST(? AS DATE) AND ts < CAST(? AS DATE)
+                GROUP BY customer_id
+            ) r ON r.customer_id = a.customer_id
+            ORDER BY a.i""", [t_start, t0, t0, p["as_of"], t_start, p["as_of"]]).df()
+    finally:
+        con.unregister("_mig_a")
+        con.unregister("_mig_b")
+    before_seg = joined["before"].astype(object)
+    m = pd.DataFrame({"customer_id": a["customer_id"].reset_index(drop=True), "after": a["segment"].reset_index(drop=True),
+                      "before": before_seg.where(before_seg.notna(), NEW_LABEL),
+                      "revenue_before": joined["revenue_before"].astype(float),
+                      "revenue_after": joined["revenue_after"].astype(float)})
+    counts, pct = _transition(m[["customer_id", "after", "before"]], order)
     flows = (m.groupby(["before", "after"], observed=True)
              .agg(customers=("customer_id", "size"), revenue_before=("revenue_before", "sum"),
                   revenue_after=("revenue_after", "sum"))
@@ -423,19 +444,25 @@ def plan_targets(con: duckdb.DuckDBPyConnection, p: dict, customers: pd.DataFram
 
 def write_snapshot(con: duckdb.DuckDBPyConnection, customers: pd.DataFrame, *, as_of: str, run_id: str) -> int:
     """Replace the ``segments`` rows of ``as_of`` with one row per customer; return the row count."""
-    frame = customers.assign(rfm_segment=customers["rfm_segment"].astype(str), as_of=as_of, run_id=run_id)
-    for c in ("cluster", "p_alive", "clv"):
-        if c not in frame:
-            frame[c] = None
-    frame = frame[["as_of", "customer_id", "recency_days", "frequency", "monetary", "r_score", "f_score", "m_score",
-                   "rfm_segment", "cluster", "p_alive", "clv", "run_id"]]
-    frame = frame.assign(cluster=frame["cluster"].astype(object).where(frame["cluster"].notna(), None))
+    seg = customers["rfm_segment"]
+    # the segment and cluster labels go to DuckDB as categoricals (read as ENUM, cast to
+    # VARCHAR): no per-row Python string conversion; as_of and run_id are parameters
+    if not (isinstance(seg.dtype, pd.CategoricalDtype) and seg.notna().all()):
+        seg = seg.astype(str)
+    frame = pd.DataFrame({c: customers[c] for c in ("customer_id", "recency_days", "frequency", "monetary",
+                                                   "r_score", "f_score", "m_score")})
+    frame["rfm_segment"] = seg
+    cluster = customers["cluster"] if "cluster" in customers else pd.Series(None, index=customers.index, dtype=object)
+    frame["cluster"] = (pd.Categorical(cluster.astype(object).where(cluster.notna(), None)) if cluster.notna().any()
+                        else pd.Series(None, index=customers.index, dtype=object))
+    for c in ("p_alive", "clv"):
+        frame[c] = customers[c] if c in customers else None
     con.execute("DELETE FROM segments WHERE as_of = CAST(? AS DATE)", [as_of])
     register_frame(con, "_segments_in", frame)
     try:
-        con.execute("""INSERT INTO segments SELECT CAST(as_of AS DATE), customer_id, recency_days, frequency, monetary,
-                       r_score, f_score, m_score, rfm_segment, CAST(cluster AS VARCHAR), CAST(p_alive AS DOUBLE),
-                       CAST(clv AS DOUBLE), run_id FROM _segments_in""")
+        con.execute("""INSERT INTO segments SELECT CAST(? AS DATE), customer_id, recency_days, frequency, monetary,
+                       r_score, f_score, m_score, CAST(rfm_segment AS VARCHAR), CAST(cluster AS VARCHAR),
+                       CAST(p_alive AS DOUBLE), CAST(clv AS DOUBLE), ? FROM _segments_in""", [as_of, run_id])
     finally:
         con.unregister("_segments_in")
     return len(frame)
@@ -555,16 +582,21 @@ def run_checks(con: duckdb.DuckDBPyConnection, p: dict, table: pd.DataFrame, con
         French sentences of the checks passed.
     """
     day = pd.Timestamp(p["as_of"]).date().isoformat()  # a validated parameter, not data
-    db.check(con, f"""
-        SELECT t.customer_id, COUNT(s.customer_id) AS n FROM (
-            SELECT DISTINCT customer_id FROM transactions WHERE customer_id IS NOT NULL AND ts < DATE '{day}') t
-        LEFT JOIN segments s ON s.customer_id = t.customer_id AND s.as_of = DATE '{day}'
-        GROUP BY t.customer_id HAVING COUNT(s.customer_id) <> 1
-    """, "chaque client ayant acheté a exactement un segment")
-    db.check(con, f"""
-        SELECT * FROM segments WHERE as_of = DATE '{day}' AND (rfm_segment IS NULL OR rfm_segment = 'None'
-            OR customer_id NOT IN (SELECT customer_id FROM transactions WHERE customer_id IS NOT NULL AND ts < DATE '{day}'))
-    """, "chaque ligne de segments a un segment et un client ayant acheté")
+    # the customers who bought before as_of, read once for both checks
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE _seg_buyers AS
+                    SELECT DISTINCT customer_id FROM transactions WHERE customer_id IS NOT NULL AND ts < DATE '{day}'""")
+    try:
+        db.check(con, f"""
+            SELECT t.customer_id, COUNT(s.customer_id) AS n FROM _seg_buyers t
+            LEFT JOIN segments s ON s.customer_id = t.customer_id AND s.as_of = DATE '{day}'
+            GROUP BY t.customer_id HAVING COUNT(s.customer_id) <> 1
+        """, "chaque client ayant acheté a exactement un segment")
+        db.check(con, f"""
+            SELECT * FROM segments WHERE as_of = DATE '{day}' AND (rfm_segment IS NULL OR rfm_segment = 'None'
+                OR customer_id NOT IN (SELECT customer_id FROM _seg_buyers))
+        """, "chaque ligne de segments a un segment et un client ayant acheté")
+    finally:
+        con.execute("DROP TABLE IF EXISTS _seg_buyers")
     done = [f"Chaque client ayant acheté avant le {pd.Timestamp(day).strftime('%d/%m/%Y')} est dans exactement un segment."]
     for col, what in (("customer_share", "clients"), ("revenue_share", "chiffre d'affaires")):
         total = table[col].sum()

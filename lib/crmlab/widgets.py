@@ -42,7 +42,11 @@ def rfm_summary(customers: pd.DataFrame, bins: int, scheme: str = "rf_grid",
         NaN without model), one row per segment of the scheme in display order
         (empty segments kept with 0 customers).
     """
-    scored = rfm.assign_segments(rfm.rescore(customers, bins), scheme, bins, custom)
+    return _summary(rfm.assign_segments(rfm.rescore(customers, bins), scheme, bins, custom), scheme, custom)
+
+
+def _summary(scored: pd.DataFrame, scheme: str, custom: list[dict] | None) -> pd.DataFrame:
+    """:func:`rfm_summary` of customers already re-scored and segmented (``rfm_segment``)."""
     if "clv" not in scored:
         scored["clv"] = np.nan
     order = rfm.segment_order(scheme, custom)
@@ -64,6 +68,11 @@ def rfm_summary(customers: pd.DataFrame, bins: int, scheme: str = "rf_grid",
 def changed_segments(customers: pd.DataFrame, scheme: str, bins_a: int, bins_b: int) -> int:
     """Count the customers whose segment differs when scored on ``bins_a`` vs ``bins_b`` bins."""
     seg_a = rfm.assign_segments(rfm.rescore(customers, bins_a), scheme, bins_a)["rfm_segment"]
+    return _changed(seg_a, customers, scheme, bins_b)
+
+
+def _changed(seg_a: pd.Series, customers: pd.DataFrame, scheme: str, bins_b: int) -> int:
+    """:func:`changed_segments` given the segments on the first number of bins."""
     seg_b = rfm.assign_segments(rfm.rescore(customers, bins_b), scheme, bins_b)["rfm_segment"]
     return int((seg_a.to_numpy() != seg_b.to_numpy()).sum())
 
@@ -138,8 +147,12 @@ def show_table(summary: pd.DataFrame, currency: str = "EUR"):
 
 
 def rfm_explorer(customers: pd.DataFrame, *, bins: int = 5, scheme: str = "rf_grid",
-                 custom: list[dict] | None = None, currency: str = "EUR"):
-    """Ipywidgets explorer: number of bins and scheme → segment table (JupyterLab)."""
+                 custom: list[dict] | None = None, currency: str = "EUR", initial: pd.DataFrame | None = None):
+    """Ipywidgets explorer: number of bins and scheme → segment table (JupyterLab).
+
+    ``initial`` is the :func:`rfm_summary` of ``bins`` and ``scheme`` when the caller
+    already has it (shown first without being computed again).
+    """
     import ipywidgets as w
     from IPython.display import display
 
@@ -152,7 +165,9 @@ def rfm_explorer(customers: pd.DataFrame, *, bins: int = 5, scheme: str = "rf_gr
         out.clear_output(wait=True)
         with out:
             try:
-                display(show_table(rfm_summary(customers, w_bins.value, w_scheme.value, custom), currency))
+                same = initial is not None and (w_bins.value, w_scheme.value) == (bins, scheme)
+                table = initial if same else rfm_summary(customers, w_bins.value, w_scheme.value, custom)
+                display(show_table(table, currency))
             except Exception as exc:  # e.g. a custom scheme written for another number of bins
                 display(show.callout(str(exc), "warn"))
 
@@ -206,14 +221,17 @@ def show_rfm_explorer(customers: pd.DataFrame, p: dict) -> None:
     currency = p.get("currency", "EUR")
     alt = 4 if bins != 4 else 5
     display(show.callout(f"Avec {bins} notes et le schéma « {scheme} » (paramètres de cette exécution) :"))
-    display(show_table(rfm_summary(customers, bins, scheme, custom), currency))
+    # the customers re-scored on the run's bins serve the table, the comparison and the widget
+    scored = rfm.assign_segments(rfm.rescore(customers, bins), scheme, bins, custom)
+    summary = _summary(scored, scheme, custom)
+    display(show_table(summary, currency))
     if scheme != "custom":
-        moved = changed_segments(customers, scheme, bins, alt)
+        moved = _changed(scored["rfm_segment"], customers, scheme, alt)
         display(show.callout(
             f"Avec {alt} notes au lieu de {bins}, environ {fr_number(moved)} clients "
             f"({fr_percent(moved / max(len(customers), 1), 0)}) changeraient de segment : les frontières des "
             "segments dépendent de ce choix, leur hiérarchie beaucoup moins."))
-    display(rfm_explorer(customers, bins=bins, scheme=scheme, custom=custom, currency=currency))
+    display(rfm_explorer(customers, bins=bins, scheme=scheme, custom=custom, currency=currency, initial=summary))
 
 
 def show_target_builder(customers: pd.DataFrame, p: dict) -> None:
