@@ -81,12 +81,12 @@ chiffres avant → après mesurés sur cette machine.
 12. **Étape 05** : normalisation, comparaison et rang calculés une fois par valeur distincte (deux millions
     d'analyses `phonenumbers` : 38 s), filtres des contacts déjà intégrés en SQL, texte des issues en une
     passe (24 s), provenance et état des consentements limités aux clients du lot : `feed` 190 s → 110 s.
-14. **Étapes 02 et 04** (après la mesure de la chaîne ci-dessus) : variables de comportement en une passe
+13. **Étapes 02 et 04** (après la mesure de la chaîne ci-dessus) : variables de comportement en une passe
     DuckDB (19,7 s → 5,6 s), silhouettes calculées une fois pour tous les k, calibration/validation en une
     agrégation, suivi hebdomadaire sans auto-jointure 10 M × 1 M, prédictions par historique distinct :
     étape 02 ~79 s → 68,6 s seule ; `collect` 92 s → 85 s (normalisation des 1,74 M fiches refaite à
     l'étape 04 : ~20 s, à garder de l'étape 01).
-13. **Étape 03** : segments RFM de toutes les dates de campagne en une passe, membres du plan lus pour les
+14. **Étape 03** : segments RFM de toutes les dates de campagne en une passe, membres du plan lus pour les
     seuls clients ciblés, types de téléphone vectorisés : 102,6 s → 24,7 s (tables identiques).
 
 **Défauts trouvés en mesurant**
