@@ -109,7 +109,10 @@ chiffres avant → après mesurés sur cette machine.
   niveaux de DuckDB (client × jour puis client) : ~1,1 s même avec des clés entières, plus ~0,3 s de
   conversion pandas et ~0,4 s de tri par client, sur 2 cœurs ; lifetimes met ~15 s. Il faudrait ≤ 1,0 s.
 - Chaîne à 10 M transactions : **521 s et 7,1 Gio** (812 s et 7,6 Gio à la session précédente, 983 s
-  avant). Reste : étape 01 215 s (rapprochement de 1,58 M fiches 116 s, chargement 78 s), étape 05 140 s
+  avant). Le tableau ci-dessus montre la mesure suivante, 724 s et 7,0 Gio, prise après les corrections
+  des étapes 02/04 alors qu'un `make run` tournait au début : chaque étape y est plus lente, y compris
+  celles qui n'avaient pas changé (03 : 20 → 31 s) ; sur cette machine partagée, l'écart entre deux
+  mesures d'une même chaîne est grand. Reste : étape 01 215 s (rapprochement de 1,58 M fiches 116 s, chargement 78 s), étape 05 140 s
   (`feed` 110 s, dont les décisions champ par champ en pandas ; c'est aussi là que la mémoire culmine :
   trames pandas d'objets texte de ~2 M valeurs candidates en plus des 3 Gio de DuckDB), étape 02 73 s,
   étape 04 58 s (rapprochement des contacts entrants).
