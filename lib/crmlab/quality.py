@@ -125,14 +125,6 @@ def email_fast_valid(values: pd.Series) -> pd.Series:
     return out
 
 
-def _phone_fast_valid(values: pd.Series, countries: pd.Series, region: str) -> pd.Series:
-    """Vectorised test: ``True`` where the phone is surely valid for :func:`phone_problem` (see ``normalize``)."""
-    from crmlab.normalize import phone_fast_e164
-
-    e164 = phone_fast_e164(values, countries, region)
-    return e164.notna()
-
-
 def flag_values(values: pd.DataFrame, *, region: str = "FR") -> pd.DataFrame:
     """Check a long frame of contact values; return it with ``valid`` and ``reason``.
 
@@ -170,7 +162,9 @@ def flag_values(values: pd.DataFrame, *, region: str = "FR") -> pd.DataFrame:
         # in ``region``: settle here the phones read in ``region``
         cty = distinct.loc[ph, "country"].astype(object)
         in_region = cty.map(lambda c: not (isinstance(c, str) and len(c) == 2) or c == region).astype(bool)
-        fast = _phone_fast_valid(distinct.loc[ph, "value"], pd.Series(None, index=cty.index, dtype=object), region)
+        from crmlab.normalize import phone_fast_e164  # a valid E.164 form = a valid phone
+
+        fast = phone_fast_e164(distinct.loc[ph, "value"], None, region).notna()
         settled[ph] = (fast & in_region).to_numpy()
     reason = [None if ok else
               check_value(f, v, region=(c if f == "phone" and isinstance(c, str) and len(c) == 2 else region), country=c)
