@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import pandas as pd
 import pytest
 
 from crmlab import db
-from crmlab.errors import CheckError
+from crmlab.errors import CheckError, InputError
 
 
 def test_schema_has_every_canonical_table():
@@ -21,13 +24,76 @@ def test_a_step_that_fails_leaves_the_database_as_it_was(tmp_path):
     con = db.open_step(path, "01", "r1", "2024-01-01")
     con.execute("INSERT INTO customers (customer_id) VALUES ('C1')")
     db.commit_step(con, "01", "r1")
+    assert not (tmp_path / ("crm.duckdb" + db.STEP_MARKER_SUFFIX)).exists()
+    assert not (tmp_path / ("crm.duckdb" + db.STEP_BACKUP_SUFFIX)).exists()
     con.close()
     con = db.open_step(path, "01", "r2", "2024-01-01")
     con.execute("INSERT INTO customers (customer_id) VALUES ('C2')")
     con.close()  # the step dies before commit_step
+    undone = db.restore_unfinished(path)
+    assert undone["step"] == "01" and undone["run_id"] == "r2"
     con = db.connect(path)
     assert con.execute("SELECT customer_id FROM customers").fetchall() == [("C1",)]
     assert con.execute("SELECT run_id, status FROM runs").fetchall() == [("r1", "ok")]
+    con.close()
+    assert db.restore_unfinished(path) is None
+
+
+def test_the_next_step_puts_back_a_base_left_by_a_dead_process(tmp_path, capsys):
+    path = tmp_path / "crm.duckdb"
+    con = db.open_step(path, "01", "r1", "2024-01-01")
+    con.execute("INSERT INTO customers (customer_id) VALUES ('C1')")
+    db.commit_step(con, "01", "r1")
+    con = db.open_step(path, "02", "r2", "2024-01-01")
+    con.execute("INSERT INTO customers (customer_id) VALUES ('C2')")
+    con.close()
+    marker = tmp_path / ("crm.duckdb" + db.STEP_MARKER_SUFFIX)
+    info = json.loads(marker.read_text())
+    info.update(pid=2**22 + 17, process_start=1.0)  # a process that no longer exists
+    marker.write_text(json.dumps(info))
+    con = db.open_step(path, "02", "r3", "2024-01-01")
+    assert "ne s'était pas terminée" in capsys.readouterr().out
+    assert con.execute("SELECT customer_id FROM customers").fetchall() == [("C1",)]
+    db.commit_step(con, "02", "r3")
+    con.close()
+
+
+def test_reopening_a_step_in_the_same_process_starts_it_over(tmp_path):
+    path = tmp_path / "crm.duckdb"
+    con = db.open_step(path, "01", "r1", "2024-01-01")
+    con.execute("INSERT INTO customers (customer_id) VALUES ('C1')")
+    con2 = db.open_step(path, "01", "r1", "2024-01-01")  # a notebook's first cells run again
+    assert con2.execute("SELECT count(*) FROM customers").fetchone()[0] == 0
+    con2.execute("INSERT INTO customers (customer_id) VALUES ('C2')")
+    db.commit_step(con2, "01", "r1")
+    con2.close()
+    con = db.connect(path)
+    assert con.execute("SELECT customer_id FROM customers").fetchall() == [("C2",)]
+    assert not path.with_name(path.name + db.STEP_BACKUP_SUFFIX).exists()
+    con.close()
+
+
+def test_a_first_step_that_fails_leaves_no_database(tmp_path):
+    path = tmp_path / "new" / "crm.duckdb"
+    con = db.open_step(path, "01", "r1", "2024-01-01")
+    con.execute("INSERT INTO customers (customer_id) VALUES ('C1')")
+    con.close()
+    assert db.restore_unfinished(path)["existed"] is False
+    assert not path.exists()
+
+
+def test_a_step_running_in_another_process_is_not_undone(tmp_path):
+    path = tmp_path / "crm.duckdb"
+    con = db.open_step(path, "01", "r1", "2024-01-01")
+    con.close()
+    marker = path.with_name(path.name + db.STEP_MARKER_SUFFIX)
+    info = json.loads(marker.read_text())
+    parent = os.getppid()  # alive, and not this process
+    info.update(pid=parent, process_start=db._process_start(parent))
+    marker.write_text(json.dumps(info))
+    with pytest.raises(InputError, match="en cours d'utilisation par l'étape 01"):
+        db.restore_unfinished(path)
+    assert marker.exists()
 
 
 def test_large_appends_inside_a_step_transaction_stay_readable():

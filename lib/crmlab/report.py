@@ -313,6 +313,8 @@ def index_html(info: dict) -> str:
     else:
         not_run = [s["code"] for s in info["steps"] if s["status"] == "not_run"]
         after = f" Étapes suivantes non exécutées : {', '.join(not_run)}." if not_run else ""
+        if any(s.get("restored") for s in info["steps"]):
+            after += f" La base clients a été remise dans son état d'avant l'étape {err['code']} : rien de cette étape n'y est resté."
         banner = (
             '<div class="banner failed">'
             f"<strong>Échec à l'étape {e(err['code'])} – {e(err['title'])}</strong> "

@@ -100,6 +100,7 @@ class StepResult:
     html: str | None = None
     kpis: list = field(default_factory=list)
     retried: str | None = None
+    restored: bool = False
 
 
 @dataclass
@@ -307,6 +308,9 @@ def run_chain(
         if res.status != "ok":
             exit_code = 2 if res.error_kind == "input" else 1
             echo(f"Erreur à l'étape {step.code} ({step.title}) : {res.error}", file=sys.stderr)
+            res.restored = _restore_base(rp)
+            if res.restored:
+                echo(f"La base a été remise dans son état d'avant l'étape {step.code}.", file=sys.stderr)
             break
     status = "ok" if exit_code == 0 else "failed"
     produced = [s for s in steps if results[s.code].html]
@@ -484,7 +488,7 @@ def _run_step(step: Step, rp: params.RunParams, out_dir: Path, res: StepResult, 
                 except Exception:
                     if not watch.stalled or attempt == 2:
                         raise
-                    # the step's transaction died with the kernel: nothing was written, run it again
+                    # the step died with its kernel: the next open_step puts the base back first
                     res.retried = (f"noyau resté inactif {STALL_SECONDS:.0f} s pendant une cellule : "
                                    "étape relancée une fois")
                     logging.getLogger("crmlab").warning("étape %s : %s", step.code, res.retried)
@@ -523,6 +527,20 @@ def _run_step(step: Step, rp: params.RunParams, out_dir: Path, res: StepResult, 
         res.error = f"rapport HTML non produit : {type(exc).__name__} : {_one_line(str(exc))}"
     res.seconds = time.perf_counter() - t0
     res.timings["total"] = round(res.seconds, 3)
+
+
+def _restore_base(rp: params.RunParams) -> bool:
+    """Put the base back in its state before a failed step (its kernel has stopped); True if done."""
+    from crmlab import db
+
+    database = rp.run.get("database")
+    if not database or str(database) == ":memory:":
+        return False
+    try:
+        return db.restore_unfinished(database, wait_s=30.0) is not None
+    except CrmlabError as exc:  # still in use: the next open_step will do it
+        logging.getLogger("crmlab").warning("base non remise en état : %s", exc)
+        return False
 
 
 def _not_applicable(step: Step, rp: params.RunParams) -> str | None:
