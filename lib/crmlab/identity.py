@@ -189,10 +189,25 @@ def _feminine_sql(x: str, y: str) -> str:
     return "(" + " OR ".join(pairs) + ")"
 
 
+def _dl_le1_sql(x: str, y: str) -> str:
+    """Return SQL true when ``damerau_levenshtein(x, y) <= 1``, computing the distance only where needed.
+
+    DuckDB's distance counts bytes, and one edit changes a length by one byte at most. At
+    equal byte lengths the edit can only be a substitution (one mismatch) or a swap of
+    neighbours (two mismatches): the linear ``hamming`` count settles all but the pairs
+    with exactly two mismatches. Lengths further apart than one byte are never one edit
+    apart. Unlike the plain test, NULL inputs give false (the callers use it in ``WHEN``).
+    """
+    return (f"(CASE strlen({x}) - strlen({y}) "
+            f"WHEN 0 THEN hamming({x}, {y}) <= 1 OR (hamming({x}, {y}) = 2 AND damerau_levenshtein({x}, {y}) <= 1) "
+            f"WHEN 1 THEN damerau_levenshtein({x}, {y}) <= 1 WHEN -1 THEN damerau_levenshtein({x}, {y}) <= 1 "
+            f"ELSE false END)")
+
+
 def _dl1_sql(x: str, y: str, min_len: int) -> str:
     """Return SQL true when both are at least ``min_len`` long and one edit apart (length tests first)."""
     return (f"(least(length({x}), length({y})) >= {min_len} AND abs(length({x}) - length({y})) <= 1 "
-            f"AND damerau_levenshtein({x}, {y}) <= 1)")
+            f"AND {_dl_le1_sql(x, y)})")
 
 
 def _first_level_sql(x: str, y: str, jw: str | None = None) -> str:
@@ -511,6 +526,18 @@ def _score_pairs(con: duckdb.DuckDBPyConnection, norm: str, pairs: str, out: str
         UNION ALL SELECT 'pc', pc, count(*) / any_value(n.n) FROM {norm}, n WHERE pc IS NOT NULL GROUP BY pc
         UNION ALL SELECT 'ci', ci, count(*) / any_value(n.n) FROM {norm}, n WHERE ci IS NOT NULL GROUP BY ci
     """)
+    # the frequencies each record's own values (one join per record, not five per pair)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _id_side AS
+        SELECT r.rid, r.fn, r.ln, r.em, r.em_local, r.em_domain, r.ph, r.bd, r.bd_s, r.ad, r.pc, r.ci, r.gender,
+               tf.tf AS tf_fn, tl.tf AS tf_ln, tb.tf AS tf_bd, tp.tf AS tf_pc, tc.tf AS tf_ci
+        FROM {norm} r
+        LEFT JOIN (SELECT value, tf FROM _id_tf WHERE part = 'name') tf ON tf.value = r.fn
+        LEFT JOIN (SELECT value, tf FROM _id_tf WHERE part = 'name') tl ON tl.value = r.ln
+        LEFT JOIN (SELECT value, tf FROM _id_tf WHERE part = 'bd') tb ON tb.value = CAST(r.bd AS VARCHAR)
+        LEFT JOIN (SELECT value, tf FROM _id_tf WHERE part = 'pc') tp ON tp.value = r.pc
+        LEFT JOIN (SELECT value, tf FROM _id_tf WHERE part = 'ci') tc ON tc.value = r.ci
+    """)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE {out} AS
         WITH j AS (
@@ -521,9 +548,10 @@ def _score_pairs(con: duckdb.DuckDBPyConnection, norm: str, pairs: str, out: str
                    a.bd AS bd_a, b.bd AS bd_b, a.bd_s AS bds_a, b.bd_s AS bds_b, a.ad AS ad_a, b.ad AS ad_b,
                    a.pc AS pc_a, b.pc AS pc_b, a.ci AS ci_a, b.ci AS ci_b,
                    a.gender AS g_a, b.gender AS g_b,
+                   a.tf_fn, a.tf_ln, a.tf_bd, a.tf_pc, a.tf_ci,
                    jaro_winkler_similarity(a.fn, b.fn) AS jw_ff, jaro_winkler_similarity(a.ln, b.ln) AS jw_ll,
                    jaro_winkler_similarity(a.fn, b.ln) AS jw_fl, jaro_winkler_similarity(a.ln, b.fn) AS jw_lf
-            FROM {pairs} p JOIN {norm} a ON a.rid = p.rid_a JOIN {norm} b ON b.rid = p.rid_b
+            FROM {pairs} p JOIN _id_side a ON a.rid = p.rid_a JOIN _id_side b ON b.rid = p.rid_b
         ), o AS (
             SELECT *, (coalesce(jw_fl, 0) + coalesce(jw_lf, 0) > coalesce(jw_ff, 0) + coalesce(jw_ll, 0) + 0.05
                        AND fn_a IS NOT NULL AND ln_a IS NOT NULL
@@ -549,11 +577,11 @@ def _score_pairs(con: duckdb.DuckDBPyConnection, norm: str, pairs: str, out: str
                      ELSE 'different' END AS lv_em,
                 CASE WHEN ph_a IS NULL OR ph_b IS NULL THEN NULL
                      WHEN ph_a = ph_b THEN 'exact'
-                     WHEN length(ph_a) = length(ph_b) AND damerau_levenshtein(ph_a, ph_b) <= 1 THEN 'close'
+                     WHEN length(ph_a) = length(ph_b) AND {_dl_le1_sql('ph_a', 'ph_b')} THEN 'close'
                      ELSE 'different' END AS lv_ph,
                 CASE WHEN bd_a IS NULL OR bd_b IS NULL THEN NULL
                      WHEN bd_a = bd_b THEN 'exact'
-                     WHEN damerau_levenshtein(bds_a, bds_b) <= 1
+                     WHEN {_dl_le1_sql('bds_a', 'bds_b')}
                           OR (year(bd_a) = year(bd_b) AND month(bd_a) = day(bd_b) AND day(bd_a) = month(bd_b)) THEN 'near'
                      ELSE 'different' END AS lv_bd,
                 CASE WHEN ad_a IS NULL OR ad_b IS NULL THEN NULL
@@ -571,10 +599,10 @@ def _score_pairs(con: duckdb.DuckDBPyConnection, norm: str, pairs: str, out: str
             FROM e
         ), w AS (
             SELECT l.*,
-                CASE lv_fn WHEN 3 THEN log2({fn_m} / greatest(coalesce(tf.tf, 1e-4), 1e-4))
+                CASE lv_fn WHEN 3 THEN log2({fn_m} / greatest(coalesce(tf_fn, 1e-4), 1e-4))
                            WHEN 2 THEN {W['first_name']['close']} WHEN 1 THEN {W['first_name']['compatible']}
                            WHEN 0 THEN {W['first_name']['different']} ELSE 0 END AS w_fn,
-                CASE lv_ln WHEN 3 THEN log2({ln_m} / greatest(coalesce(tl.tf, 1e-4), 1e-4))
+                CASE lv_ln WHEN 3 THEN log2({ln_m} / greatest(coalesce(tf_ln, 1e-4), 1e-4))
                            WHEN 2 THEN {W['last_name']['close']} WHEN 1 THEN {W['last_name']['partial']}
                            WHEN 0 THEN {W['last_name']['different']} ELSE 0 END AS w_ln,
                 CASE lv_em WHEN 'exact' THEN {W['email']['exact']} WHEN 'close' THEN {W['email']['close']}
@@ -584,24 +612,17 @@ def _score_pairs(con: duckdb.DuckDBPyConnection, norm: str, pairs: str, out: str
                            WHEN 'different' THEN {W['email']['different']} ELSE 0 END AS w_em,
                 CASE lv_ph WHEN 'exact' THEN {W['phone']['exact']} WHEN 'close' THEN {W['phone']['close']}
                            WHEN 'different' THEN {W['phone']['different']} ELSE 0 END AS w_ph,
-                CASE lv_bd WHEN 'exact' THEN log2({WEIGHTS['birth_date']['exact'][0]} / greatest(coalesce(tb.tf, 4e-5), 4e-5))
+                CASE lv_bd WHEN 'exact' THEN log2({WEIGHTS['birth_date']['exact'][0]} / greatest(coalesce(tf_bd, 4e-5), 4e-5))
                            WHEN 'near' THEN {W['birth_date']['near']}
                            WHEN 'different' THEN {W['birth_date']['different']} ELSE 0 END AS w_bd,
                 CASE lv_ad WHEN 'exact' THEN {W['address']['exact']} WHEN 'close' THEN {W['address']['close']}
                            WHEN 'different' THEN {W['address']['different']} ELSE 0 END AS w_ad,
-                CASE lv_pc WHEN 'exact' THEN log2({WEIGHTS['postal_code']['exact'][0]} / greatest(coalesce(tp.tf, 1e-4), 1e-4))
+                CASE lv_pc WHEN 'exact' THEN log2({WEIGHTS['postal_code']['exact'][0]} / greatest(coalesce(tf_pc, 1e-4), 1e-4))
                            WHEN 'different' THEN {W['postal_code']['different']} ELSE 0 END AS w_pc,
-                CASE lv_ci WHEN 'exact' THEN log2({WEIGHTS['city']['exact'][0]} / greatest(coalesce(tc.tf, 1e-4), 1e-4))
+                CASE lv_ci WHEN 'exact' THEN log2({WEIGHTS['city']['exact'][0]} / greatest(coalesce(tf_ci, 1e-4), 1e-4))
                            WHEN 'close' THEN {W['city']['close']}
                            WHEN 'different' THEN {W['city']['different']} ELSE 0 END AS w_ci
             FROM l
-            -- plain equi-joins (the level is tested in the CASE above): a condition on the
-            -- left side only in ON turns a LEFT JOIN into a nested loop over every pair
-            LEFT JOIN (SELECT value, tf FROM _id_tf WHERE part = 'name') tf ON tf.value = l.fn_a
-            LEFT JOIN (SELECT value, tf FROM _id_tf WHERE part = 'name') tl ON tl.value = l.ln_a
-            LEFT JOIN (SELECT value, tf FROM _id_tf WHERE part = 'bd') tb ON tb.value = CAST(l.bd_a AS VARCHAR)
-            LEFT JOIN (SELECT value, tf FROM _id_tf WHERE part = 'pc') tp ON tp.value = l.pc_a
-            LEFT JOIN (SELECT value, tf FROM _id_tf WHERE part = 'ci') tc ON tc.value = l.ci_a
         ), s AS (
             SELECT w.*, {PRIOR_WEIGHT} + w_fn + w_ln + w_em + w_ph + w_bd + w_ad + w_pc + w_ci AS weight,
                 CASE WHEN lv_fn = 0 THEN 'veto_first_name'
@@ -619,7 +640,7 @@ def _score_pairs(con: duckdb.DuckDBPyConnection, norm: str, pairs: str, out: str
                     ELSE 'fuzzy' END AS rule
         FROM s
     """)
-    con.execute("DROP TABLE _id_tf")
+    con.execute("DROP TABLE _id_tf; DROP TABLE _id_side")
 
 
 def _cluster(
