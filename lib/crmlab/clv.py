@@ -194,7 +194,9 @@ def summary(
                MIN(day) AS first_purchase
         FROM p GROUP BY customer_id ORDER BY customer_id
     """
-    out = con.execute(sql, [end, unit, end, unit]).df()
+    # through Arrow: .df() builds a Python string per customer id (about 1 s of the
+    # 2.5 s at 1.5 million customers); Arrow hands pandas its string array as is
+    out = con.execute(sql, [end, unit, end, unit]).to_arrow_table().to_pandas(date_as_object=False)
     return _typed(out, SUMMARY_COLUMNS)
 
 
@@ -263,7 +265,7 @@ def _typed(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     out["frequency"] = out["frequency"].astype("int64")
     for c in ("recency", "T", "monetary"):
         out[c] = out[c].astype(float)
-    out["first_purchase"] = pd.to_datetime(out["first_purchase"])
+    out["first_purchase"] = pd.to_datetime(out["first_purchase"]).astype("datetime64[us]")
     return out[columns].reset_index(drop=True)
 
 
