@@ -250,7 +250,7 @@ def calibration_holdout(
         FROM p GROUP BY customer_id HAVING COUNT(*) FILTER (WHERE {cal}) > 0 ORDER BY customer_id
         """,
         {"end": end, "start": start, "unit": unit},
-    ).df()
+    ).to_arrow_table().to_pandas(date_as_object=False)
     out = _typed(out, [*SUMMARY_COLUMNS, "frequency_holdout", "monetary_holdout"])
     out = out.rename(columns={c: f"{c}_cal" for c in ("frequency", "recency", "T", "monetary")})
     out["frequency_holdout"] = out["frequency_holdout"].astype("int64")
