@@ -152,3 +152,9 @@ def test_an_unreadable_memory_limit_is_a_french_input_error(tmp_path, monkeypatc
     monkeypatch.setitem(db._SETTINGS, "memory_limit", "beaucoup")
     with pytest.raises(InputError, match="Limite de mémoire illisible"):
         db.connect(tmp_path / "base.duckdb")
+
+
+def test_connections_draw_no_progress_bar():
+    """In a kernel DuckDB draws its progress bar as widget outputs kept in the executed notebooks."""
+    con = db.connect(":memory:")
+    assert con.execute("SELECT current_setting('enable_progress_bar')").fetchone()[0] is False

@@ -183,6 +183,9 @@ def connect(database: str | os.PathLike, *, read_only: bool = False) -> duckdb.D
             file=path,
             hint="Vérifiez qu'aucun autre programme (JupyterLab, une autre exécution) ne l'utilise",
         ) from exc
+    # no progress bar: in a kernel DuckDB draws it as ipywidgets outputs (over a hundred
+    # per step on ten million transactions, kept in the executed notebooks)
+    con.execute("SET enable_progress_bar = false")
     limit = memory_limit_setting()
     try:
         con.execute(f"SET memory_limit = '{limit}'")
