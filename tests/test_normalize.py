@@ -220,3 +220,46 @@ def test_fast_phone_path_agrees_with_phonenumbers():
     assert sum(v is not None for v in got) > 300
     mobile = [None if pd.isna(v) else bool(v) for v in out["phone_mobile"]]
     assert mobile == [nz.phone_is_mobile(v) for v in out["phone"]]
+
+
+# SQL twins of the Python normalisers (printable ASCII values): same results on inputs
+# built from the characters and tokens the rules look at
+_EMAIL_PARTS = st.lists(st.sampled_from(["a", "B", "z9", ".", "..", "+", "++", "@", " ", "-", "_", "mailto:", "MailTo:",
+                                         "gmail.com", "googlemail.com", "GMail.Com", "hotmail.fr", "free.fr", "x.y",
+                                         ".com", "!", "'"]), max_size=8)
+_ADDRESS_PARTS = st.lists(st.sampled_from(["12", "3", "n", "no", "num", "N°", "bis", "b", "B", "ter", "quater",
+                                           "av", "av.", "Bd", "r", "r.", "st", "nd", "rue", "de", "la", "Victor-Hugo",
+                                           " ", "  ", "-", ",", "'", "12bis", "4b", "5 b", "App", "res", "x"]),
+                          max_size=8)
+_SQL_CON = duckdb.connect()
+
+
+@settings(max_examples=400, deadline=None)
+@given(_EMAIL_PARTS, st.booleans(), st.booleans())
+def test_email_sql_equals_email(parts, rules, dots):
+    value = "".join(parts)
+    sql = nz.email_sql("v", rules, ignore_dots=dots)
+    got = _SQL_CON.execute(f"SELECT {sql} FROM (SELECT ?::VARCHAR AS v)", [value]).fetchone()[0]
+    assert got == nz.email(value, rules, ignore_dots=dots)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_ADDRESS_PARTS, st.sampled_from(["", " ", "-"]))
+def test_address_sql_equals_address(parts, sep):
+    value = sep.join(parts)
+    if not all(" " <= c <= "~" for c in value):  # the SQL form is used on printable ASCII only
+        return
+    got = _SQL_CON.execute(f"SELECT {nz.address_sql('v')} FROM (SELECT ?::VARCHAR AS v)", [value]).fetchone()[0]
+    assert got == nz.address(value)
+
+
+def test_normalize_customers_mixes_sql_and_python_values():
+    frame = pd.DataFrame({"source": "x", "source_key": ["1", "2", "3"],
+                          "email": ["Jean.Dupont+x@GMail.com", "élodie@exemple.fr", "a\u00a0b@x.fr"],
+                          "address": ["12 av. Victor-Hugo", "3 bd de l'Église", "n° 4bis r. du Moulin"]})
+    con = _table(frame)
+    out = con.execute(f"SELECT email_norm, email_strict, email_clean, address_norm FROM {nz.normalize_customers(con)} "
+                      "ORDER BY rid").fetchall()
+    assert out == [(nz.email(e), nz.email(e, ignore_dots=False), nz.email(e, False), nz.address(a))
+                   for e, a in zip(frame["email"], frame["address"], strict=True)]
+    assert out[0][0] == "jeandupont@gmail.com" and out[2][0] is None and out[1][3] == "3 boulevard de l eglise"

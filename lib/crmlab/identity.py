@@ -650,6 +650,7 @@ def _cluster(
     attrs: pd.DataFrame | dict[str, dict],
     max_cluster_size: int,
     strong_score: float,
+    cache: dict | None = None,
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """Cluster: connected components of accepted edges, with the chain guard on groups of 3+.
 
@@ -665,6 +666,9 @@ def _cluster(
         Indexed by rid: ``fn, ln, birth_date, gender`` (only rids of multi-edge groups are
         needed), or the same as ``{column: {rid: value}}`` (built once by the caller that
         clusters at several thresholds).
+    cache : dict, optional
+        ``{(min rid, max rid): reason or None}`` of the guard's record-pair checks, shared
+        by the caller across thresholds (a pair's compatibility does not depend on them).
 
     Returns
     -------
@@ -709,6 +713,27 @@ def _cluster(
     if isinstance(attrs, pd.DataFrame):
         attrs = {c: attrs[c].to_dict() for c in ("fn", "ln", "birth_date", "gender")}
     fn, ln, bd, gender = attrs["fn"], attrs["ln"], attrs["birth_date"], attrs["gender"]
+    cache = {} if cache is None else cache
+
+    def incompatible(p: int, q: int) -> str | None:
+        key = (p, q) if p < q else (q, p)
+        if key in cache:
+            return cache[key]
+        reason = None
+        if not first_names_compatible((fn.get(p), ln.get(p)), (fn.get(q), ln.get(q))):
+            reason = "prénoms incompatibles"
+        else:
+            dp, dq = bd.get(p), bd.get(q)
+            if dp is not None and dq is not None and not pd.isna(dp) and not pd.isna(dq) \
+                    and not _dates_compatible(dp, dq):
+                reason = "dates de naissance incompatibles"
+            else:
+                gp, gq = gender.get(p), gender.get(q)
+                if gp and gq and not pd.isna(gp) and not pd.isna(gq) and gp != gq:
+                    reason = "genres différents"
+        cache[key] = reason
+        return reason
+
     refused = []
     for ra, rb, rule, score in zip(big_edges["rid_a"].tolist(), big_edges["rid_b"].tolist(),
                                    big_edges["rule"].tolist(), big_edges["score"].tolist(), strict=True):
@@ -724,17 +749,8 @@ def _cluster(
                     break
                 if rule == "decision":
                     continue
-                if not first_names_compatible((fn.get(p), ln.get(p)), (fn.get(q), ln.get(q))):
-                    reason = "prénoms incompatibles"
-                    break
-                dp, dq = bd.get(p), bd.get(q)
-                if dp is not None and dq is not None and not pd.isna(dp) and not pd.isna(dq) \
-                        and not _dates_compatible(dp, dq):
-                    reason = "dates de naissance incompatibles"
-                    break
-                gp, gq = gender.get(p), gender.get(q)
-                if gp and gq and not pd.isna(gp) and not pd.isna(gq) and gp != gq:
-                    reason = "genres différents"
+                reason = incompatible(p, q)
+                if reason:
                     break
             if reason:
                 break
@@ -765,6 +781,29 @@ def _truth_frame(truth_csv: str | Path) -> pd.DataFrame:
             raise InputError("Colonne absente du fichier de vérité", file=str(path), column=col,
                              hint="Colonnes attendues : source, source_key, person_id")
     return truth[["source", "source_key", "person_id"]].dropna()
+
+
+def _truth_persons(con: duckdb.DuckDBPyConnection, norm: str, truth_csv: str | Path) -> np.ndarray:
+    """Integer code of each record's true person (``-1`` when absent from the truth file), by rid."""
+    path = Path(truth_csv)
+    if not path.exists():
+        raise InputError("Fichier de vérité introuvable", file=str(path),
+                         hint="Générez le monde de démo (crmlab demo-data) ou retirez truth_dir")
+    con.execute("CREATE OR REPLACE TEMP TABLE _id_truth AS SELECT * FROM read_csv(?, all_varchar = true)", [str(path)])
+    try:
+        cols = {r[0].lstrip("\ufeff") for r in con.execute("DESCRIBE _id_truth").fetchall()}
+        for col in ("source", "source_key", "person_id"):
+            if col not in cols:
+                raise InputError("Colonne absente du fichier de vérité", file=str(path), column=col,
+                                 hint="Colonnes attendues : source, source_key, person_id")
+        codes = con.execute(f"""
+            WITH t AS (SELECT source, source_key, dense_rank() OVER (ORDER BY person_id) - 1 AS code
+                       FROM _id_truth WHERE source IS NOT NULL AND source_key IS NOT NULL AND person_id IS NOT NULL)
+            SELECT coalesce(t.code, -1) FROM {norm} r LEFT JOIN t USING (source, source_key) ORDER BY r.rid
+        """).fetchnumpy()
+    finally:
+        con.execute("DROP TABLE IF EXISTS _id_truth")
+    return next(iter(codes.values())).astype(np.int64)
 
 
 def _pairwise(links: pd.DataFrame, truth: pd.DataFrame) -> dict:
@@ -798,7 +837,8 @@ def _pairwise_codes(cluster: np.ndarray, person: np.ndarray) -> dict:
     precision = correct / found if found else 1.0
     recall = correct / true if true else 1.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1}
+    return {"precision": precision, "recall": recall, "f1": f1, "true_pairs": true,
+            "found_pairs": found, "correct_pairs": correct, "records": len(cluster)}
 
 
 def evaluate(con_or_links: duckdb.DuckDBPyConnection | pd.DataFrame, truth_csv: str | Path) -> dict:
@@ -827,13 +867,15 @@ def evaluate(con_or_links: duckdb.DuckDBPyConnection | pd.DataFrame, truth_csv: 
     return _pairwise(links.astype({"source": str, "source_key": str}), _truth_frame(truth_csv))
 
 
-def _customer_ids(con: duckdb.DuckDBPyConnection, norm: str, labels: np.ndarray) -> pd.DataFrame:
+def _customer_ids(con: duckdb.DuckDBPyConnection, norm: str, labels: np.ndarray) -> None:
+    """Create TEMP table ``_id_ids(rid, root, customer_id)``: each record's group and customer id."""
     register_frame(con, "_id_labels", pd.DataFrame({"rid": np.arange(len(labels), dtype=np.int64), "root": labels}))
     try:
-        return con.execute(f"""
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE _id_ids AS
             SELECT l.rid, l.root, 'C' || left(md5(r.source || '|' || r.source_key), 10) AS customer_id
-            FROM _id_labels l JOIN {norm} r ON r.rid = l.root ORDER BY l.rid
-        """).df()
+            FROM _id_labels l JOIN {norm} r ON r.rid = l.root
+        """)
     finally:
         con.unregister("_id_labels")
 
@@ -952,57 +994,62 @@ def link(
     _score_pairs(con, rec, "_id_cand", "identity_pairs")
     lap("scoring")
     con.execute("DROP TABLE _id_cand")
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE identity_pairs AS
-        SELECT p.* REPLACE (CASE WHEN d.decision = 'same' THEN 'decision'
-                                 WHEN d.decision = 'different' THEN 'different' ELSE p.rule END AS rule),
-               d.decision
-        FROM identity_pairs p LEFT JOIN _id_dec d USING (rid_a, rid_b)
-    """)
+    if n_dec_known:
+        con.execute("""
+            CREATE OR REPLACE TEMP TABLE identity_pairs AS
+            SELECT p.* REPLACE (CASE WHEN d.decision = 'same' THEN 'decision'
+                                     WHEN d.decision = 'different' THEN 'different' ELSE p.rule END AS rule),
+                   d.decision
+            FROM identity_pairs p LEFT JOIN _id_dec d USING (rid_a, rid_b)
+        """)
+    else:  # no decision: the same table without rewriting millions of pairs
+        con.execute("ALTER TABLE identity_pairs ADD COLUMN decision VARCHAR")
 
-    def accepted_edges(t: float) -> pd.DataFrame:
-        return con.execute("""
-            SELECT rid_a, rid_b, rule, score FROM identity_pairs
-            WHERE rule IN ('decision', 'email', 'phone_name', 'name_birth')
-               OR (rule = 'fuzzy' AND score >= ?)
-        """, [t]).df()
-
+    # every edge accepted at the lowest threshold of the grid, read once: each threshold
+    # keeps the exact-rule edges and the fuzzy ones scoring at least that threshold
+    lowest = min([threshold, *threshold_grid])
+    all_edges = con.execute("""
+        SELECT rid_a, rid_b, rule, score FROM identity_pairs
+        WHERE rule IN ('decision', 'email', 'phone_name', 'name_birth') OR (rule = 'fuzzy' AND score >= ?)
+    """, [lowest]).df()
     cannot = {(int(a), int(b)) for a, b in con.execute(
         "SELECT rid_a, rid_b FROM _id_dec WHERE decision = 'different'").fetchall()}
-    # attributes for the guard: records with 2+ accepted edges at the lowest threshold
-    lowest = min([threshold, *threshold_grid])
-    attrs = con.execute(f"""
-        WITH e AS (
-            SELECT rid_a AS rid FROM identity_pairs WHERE rule IN ('decision', 'email', 'phone_name', 'name_birth')
-                OR (rule = 'fuzzy' AND score >= ?)
-            UNION ALL
-            SELECT rid_b FROM identity_pairs WHERE rule IN ('decision', 'email', 'phone_name', 'name_birth')
-                OR (rule = 'fuzzy' AND score >= ?)
-        )
-        SELECT rid, fn, ln, bd AS birth_date, gender FROM {rec}
-        WHERE rid IN (SELECT rid FROM e)
-    """, [lowest, lowest]).df().set_index("rid")
-    attrs["birth_date"] = [d.date() if isinstance(d, pd.Timestamp) else d for d in attrs["birth_date"]]
-    attrs = attrs.astype(object).where(attrs.notna(), None)
-    attrs = {c: attrs[c].to_dict() for c in ("fn", "ln", "birth_date", "gender")}
+    # attributes for the guard: records of groups of 3+ at the lowest threshold (the only
+    # groups it examines, at any threshold: a higher one keeps a subset of the edges)
+    a_all, b_all = all_edges["rid_a"].to_numpy(np.int64), all_edges["rid_b"].to_numpy(np.int64)
+    _, comp = connected_components(coo_matrix((np.ones(len(a_all), dtype=np.int8), (a_all, b_all)), shape=(n, n)),
+                                   directed=False)
+    guarded = np.flatnonzero(np.bincount(comp)[comp] >= 3)
+    register_frame(con, "_id_guarded", pd.DataFrame({"rid": guarded.astype(np.int64)}))
+    try:
+        rows_attrs = con.execute(
+            f"SELECT r.rid, r.fn, r.ln, r.bd, r.gender FROM {rec} r SEMI JOIN _id_guarded g USING (rid)").fetchall()
+    finally:
+        con.unregister("_id_guarded")
+    attrs = {"fn": {}, "ln": {}, "birth_date": {}, "gender": {}}
+    for rid, fn_, ln_, bd_, g_ in rows_attrs:
+        attrs["fn"][rid], attrs["ln"][rid], attrs["birth_date"][rid], attrs["gender"][rid] = fn_, ln_, bd_, g_
+    guard_cache: dict = {}
 
-    truth_df = _truth_frame(truth) if truth else None
-    keys = con.execute(f"SELECT rid, source, source_key FROM {norm} ORDER BY rid").df()
-    if truth_df is not None:
-        # truth person of each record (-1 when absent), coded once for every threshold
-        person = keys.merge(truth_df, on=["source", "source_key"], how="left")["person_id"]
-        in_truth = person.notna().to_numpy()
-        person_code = pd.factorize(person[in_truth])[0].astype(np.int64)
+    person_code = in_truth = None
+    if truth:
+        # truth person of each record, coded once for every threshold
+        person = _truth_persons(con, norm, truth)
+        in_truth = person >= 0
+        person_code = person[in_truth]
 
     rows = []
     grid = sorted(set([*threshold_grid, threshold]))
     final = None
+    fuzzy = (all_edges["rule"] == "fuzzy").to_numpy()
+    score = all_edges["score"].to_numpy(float)
     for t in grid:
-        edges = accepted_edges(t)
-        labels, refused = _cluster(n, edges, cannot, attrs, max_cluster_size, strong_score)
-        row = {"threshold": t, "pairs_accepted": len(edges), "customers": int(len(np.unique(labels))),
-               "chosen": t == threshold}
-        if truth_df is not None:
+        edges = all_edges.loc[~fuzzy | (score >= t)].reset_index(drop=True)
+        labels, refused = _cluster(n, edges, cannot, attrs, max_cluster_size, strong_score, guard_cache)
+        # a group's label is its smallest record: one root per customer
+        row = {"threshold": t, "pairs_accepted": len(edges),
+               "customers": int(np.count_nonzero(labels == np.arange(n))), "chosen": t == threshold}
+        if person_code is not None:
             row.update({k: v for k, v in _pairwise_codes(labels[in_truth], person_code).items()
                         if k in ("precision", "recall", "f1")})
         rows.append(row)
@@ -1012,8 +1059,7 @@ def link(
     edges, labels, refused = final
 
     lap("clustering")
-    ids = _customer_ids(con, norm, labels)
-    register_frame(con, "_id_ids", ids)
+    _customer_ids(con, norm, labels)
     register_frame(con, "_id_edges", edges)
     prio = pd.DataFrame({"source": list((priorities or {}).keys()),
                          "prio": [int(v) for v in (priorities or {}).values()]}, dtype=object)
@@ -1048,22 +1094,29 @@ def link(
                   "city": "r.city", "country": "r.country", "birth_date": "r.birth_date", "gender": "r.gender"}
         order = ("coalesce(pr.prio, 1000000) ASC, r.updated_at DESC NULLS LAST, "
                  "r.created_at DESC NULLS LAST, r.source, r.source_key")
+        # each record's rank in the survivorship order, computed once (unique: the order ends
+        # on the record's key); a field's value is then the one of the best-ranked record
+        # that has it – one hash aggregation instead of a sort per field
         picks = ",\n".join(
-            f"first({expr} ORDER BY {order}) FILTER (WHERE {expr} IS NOT NULL) AS {name}"
+            f"arg_min({expr}, r.rk) FILTER (WHERE {expr} IS NOT NULL) AS {name}"
             for name, expr in fields.items())
         con.execute("DELETE FROM customers")
         con.execute(f"""
             INSERT INTO customers (customer_id, first_name, last_name, email, phone, address, postal_code,
                                    city, country, birth_date, gender, is_prospect, n_records, sources,
                                    created_at, updated_at)
+            WITH r AS (
+                SELECT r.*, row_number() OVER (ORDER BY {order}) AS rk
+                FROM {norm} r LEFT JOIN _id_prio pr ON pr.source = r.source
+            )
             SELECT i.customer_id, {picks}, FALSE, count(*),
-                   string_agg(DISTINCT r.source, ',' ORDER BY r.source), min(r.created_at),
+                   array_to_string(list_sort(list_distinct(list(r.source))), ','), min(r.created_at),
                    max(coalesce(r.updated_at, r.created_at))
-            FROM {norm} r JOIN _id_ids i USING (rid) LEFT JOIN _id_prio pr ON pr.source = r.source
+            FROM r JOIN _id_ids i USING (rid)
             GROUP BY i.customer_id ORDER BY i.customer_id
         """)
     finally:
-        for view in ("_id_ids", "_id_edges", "_id_prio"):
+        for view in ("_id_edges", "_id_prio"):
             con.unregister(view)
 
     lap("tables")
@@ -1094,10 +1147,16 @@ def link(
         WHERE p.score >= ? OR p.rule NOT IN ('fuzzy') AND (p.weight > 0 OR p.decision IS NOT NULL)
         ORDER BY source_a, key_a, source_b, key_b
     """, [threshold, low]).df()
-    refusals = refused.merge(keys.rename(columns={"rid": "rid_a", "source": "source_a", "source_key": "key_a"}),
-                             on="rid_a").merge(
-        keys.rename(columns={"rid": "rid_b", "source": "source_b", "source_key": "key_b"}), on="rid_b")
-    refusals = refusals[["source_a", "key_a", "source_b", "key_b", "rule", "score", "reason"]]
+    register_frame(con, "_id_refused", refused.assign(i=np.arange(len(refused), dtype=np.int64)))
+    try:
+        refusals = con.execute(f"""
+            SELECT a.source AS source_a, a.source_key AS key_a, b.source AS source_b, b.source_key AS key_b,
+                   f.rule, f.score, f.reason
+            FROM _id_refused f JOIN {norm} a ON a.rid = f.rid_a JOIN {norm} b ON b.rid = f.rid_b
+            ORDER BY f.i
+        """).df()
+    finally:
+        con.unregister("_id_refused")
     counts = {
         "records": int(n),
         "customers": int(len(clusters)),
@@ -1114,9 +1173,10 @@ def link(
     }
     lap("report")
     metrics = None
-    if truth_df is not None:
-        metrics = _pairwise(keys.assign(customer_id=ids["customer_id"].to_numpy()), truth_df)
-    con.execute("DROP TABLE IF EXISTS _id_best; DROP TABLE IF EXISTS _id_dec; DROP TABLE IF EXISTS _id_rec")
+    if person_code is not None:
+        metrics = _pairwise_codes(labels[in_truth], person_code)
+    con.execute("DROP TABLE IF EXISTS _id_best; DROP TABLE IF EXISTS _id_dec; DROP TABLE IF EXISTS _id_rec; "
+                "DROP TABLE IF EXISTS _id_ids")
     return LinkResult(pairs=pairs, clusters=clusters, counts=counts, thresholds=thresholds,
                       examples=examples, review=review, refusals=refusals, blocks_skipped=skipped,
                       metrics=metrics, timings=timings)

@@ -470,16 +470,13 @@ def normalize_customers(
         names["phon"] = names["phon"].astype(object)
         con.unregister("_nc_names")
         register_frame(con, "_nc_names", names)
-        _map_distinct(con, "SELECT DISTINCT email FROM _nc_raw WHERE email IS NOT NULL",
-                      lambda v: (email(v, True), email(v, False), email(v, True, ignore_dots=False)), "_nc_email")
-        emails = con.execute("SELECT * FROM _nc_email").df()
-        emails.columns = ["raw", "pair"]
-        emails["norm"] = [p[0] for p in emails["pair"]]
-        emails["clean"] = [p[1] for p in emails["pair"]]
-        emails["strict"] = [p[2] for p in emails["pair"]]
-        emails = emails[["raw", "norm", "clean", "strict"]].astype(object)
-        con.unregister("_nc_email")
-        register_frame(con, "_nc_email", emails)
+        # e-mails and addresses: a million distinct values at scale, normalised in SQL
+        # (printable ASCII values; the others by the Python functions)
+        _map_distinct_sql(con, "email",
+                          {"norm": email_sql("v", True), "clean": email_sql("v", False),
+                           "strict": email_sql("v", True, ignore_dots=False)},
+                          {"norm": lambda v: email(v, True), "clean": lambda v: email(v, False),
+                           "strict": lambda v: email(v, True, ignore_dots=False)}, "_nc_email")
         rules = _fast_phone_rules(region)
         region_names = [k for k, v in _COUNTRIES.items() if v == region] + [region.lower()]
         if rules:
@@ -525,8 +522,7 @@ def normalize_customers(
                        UNION ALL SELECT raw, country, e164, CAST(mobile AS BOOLEAN) FROM _nc_phone_slow""")
         con.unregister("_nc_phone_slow")
         con.execute("DROP TABLE _nc_phone_fast")
-        _map_distinct(con, "SELECT DISTINCT address FROM _nc_raw WHERE address IS NOT NULL",
-                      address, "_nc_address")
+        _map_distinct_sql(con, "address", {"norm": address_sql("v")}, {"norm": address}, "_nc_address")
         _map_distinct(con, "SELECT DISTINCT city FROM _nc_raw WHERE city IS NOT NULL", city, "_nc_city")
         _map_distinct(con, "SELECT DISTINCT postal_code, country FROM _nc_raw WHERE postal_code IS NOT NULL",
                       lambda p, c: postal_code(p, c if not _blank(c) else region), "_nc_postal")
@@ -560,10 +556,79 @@ def normalize_customers(
             LEFT JOIN _nc_country co ON co.raw = r.country
         """, [region])
     finally:
-        for view in ("_nc_names", "_nc_email", "_nc_address", "_nc_city", "_nc_postal", "_nc_country"):
+        for view in ("_nc_names", "_nc_city", "_nc_postal", "_nc_country"):
             try:
                 con.unregister(view)
             except Exception:  # noqa: BLE001 - not registered if an earlier step failed
                 pass
-        con.execute("DROP TABLE IF EXISTS _nc_raw; DROP TABLE IF EXISTS _nc_phone; DROP TABLE IF EXISTS _nc_phone_fast")
+        con.execute("DROP TABLE IF EXISTS _nc_raw; DROP TABLE IF EXISTS _nc_phone; DROP TABLE IF EXISTS _nc_phone_fast; "
+                    "DROP TABLE IF EXISTS _nc_email; DROP TABLE IF EXISTS _nc_address")
     return out
+
+
+#: Values the SQL normalisers below settle: printable ASCII only (no accent to fold, no
+#: Unicode space or case rule where SQL and Python could differ); others go to Python.
+_ASCII_SQL = "regexp_full_match({x}, '[ -~]*')"
+
+
+def _sql_lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def email_sql(x: str, provider_rules: bool = True, *, ignore_dots: bool = True) -> str:
+    """Return the SQL of :func:`email` over the text column ``x``, exact for printable ASCII values.
+
+    Callers apply it where ``regexp_full_match(x, '[ -~]*')`` and call :func:`email` on the
+    other values; a property test holds the two to the same results.
+    """
+    t0 = f"lower(trim({x}))"
+    t = f"(CASE WHEN starts_with({t0}, 'mailto:') THEN trim(substr({t0}, 8)) ELSE {t0} END)"
+    local = f"split_part({t}, '@', 1)"
+    domain = f"trim(split_part({t}, '@', 2), '.')"
+    valid = (f"(length({t}) - length(replace({t}, '@', '')) = 1 AND NOT contains({t}, ' ') "
+             f"AND {local} <> '' AND contains({domain}, '.') AND NOT contains({domain}, '..'))")
+    if not provider_rules:
+        return f"(CASE WHEN {valid} THEN {local} || '@' || {domain} END)"
+    plus = ", ".join(_sql_lit(d) for d in sorted(PLUS_TAG_PROVIDERS))
+    dotless = ", ".join(_sql_lit(d) for d in sorted(DOTLESS_PROVIDERS))
+    local1 = f"(CASE WHEN {domain} IN ({plus}) THEN split_part({local}, '+', 1) ELSE {local} END)"
+    local2 = f"(CASE WHEN {domain} IN ({dotless}) THEN replace({local1}, '.', '') ELSE {local1} END)" if ignore_dots else local1
+    domain2 = "(CASE " + " ".join(f"WHEN {domain} = {_sql_lit(k)} THEN {_sql_lit(v)}" for k, v in DOTLESS_PROVIDERS.items()) \
+        + f" ELSE {domain} END)"
+    return f"(CASE WHEN {valid} AND {local2} <> '' THEN {local2} || '@' || {domain2} END)"
+
+
+def address_sql(x: str) -> str:
+    """Return the SQL of :func:`address` over the text column ``x``, exact for printable ASCII values."""
+    words = f"trim(regexp_replace(lower({x}), '[^a-z0-9]+', ' ', 'g'))"
+    signs = f"regexp_replace({words}, '\\b(n|no|num)\\s+([0-9])', '\\2', 'g')"
+    suffix = f"regexp_replace({signs}, '\\b([0-9]+) ?(bis|ter|quater)\\b', '\\1 \\2', 'g')"
+    suffix = f"regexp_replace({suffix}, '\\b([0-9]+) ?b\\b', '\\1 bis', 'g')"
+    cases = " ".join(f"WHEN {_sql_lit(k)} THEN {_sql_lit(v)}" for k, v in ADDRESS_ABBREVIATIONS.items())
+    return (f"nullif(array_to_string(list_transform(string_split({suffix}, ' '), "
+            f"w -> CASE w {cases} ELSE w END), ' '), '')")
+
+
+def _map_distinct_sql(con: duckdb.DuckDBPyConnection, column: str, exprs: dict[str, str], funcs: dict, name_: str) -> None:
+    """TEMP table ``name_(raw, <exprs>)`` over the distinct non-null ``column`` of ``_nc_raw``.
+
+    Printable ASCII values are normalised by the SQL ``exprs`` (``{out: sql over "v"}``),
+    the others by the Python ``funcs`` (``{out: f(value)}``), once per distinct value.
+    """
+    ascii_ = _ASCII_SQL.format(x="v")
+    cols = ", ".join(f"{e} AS {o}" for o, e in exprs.items())
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE {name_} AS
+        WITH d AS (SELECT DISTINCT {column} AS v FROM _nc_raw WHERE {column} IS NOT NULL)
+        SELECT v AS raw, {cols} FROM d WHERE {ascii_}
+    """)
+    rest = con.execute(f"SELECT DISTINCT {column} FROM _nc_raw WHERE {column} IS NOT NULL "
+                       f"AND NOT {_ASCII_SQL.format(x=column)}").fetchall()
+    if rest:
+        values = [r[0] for r in rest]
+        frame = pd.DataFrame({"raw": values, **{o: [f(v) for v in values] for o, f in funcs.items()}}, dtype=object)
+        register_frame(con, "_nc_slow", frame)
+        try:
+            con.execute(f"INSERT INTO {name_} SELECT raw, {', '.join(exprs)} FROM _nc_slow")
+        finally:
+            con.unregister("_nc_slow")
