@@ -120,7 +120,7 @@ def load_sources(con: duckdb.DuckDBPyConnection, p: dict) -> LoadSummary:
     results = []
     for source in p["sources"]:
         source = {"max_unparsable_share": p["max_unparsable_share"], **source}
-        results.append(load_source(con, source, run_id=p["run_id"], step="01"))
+        results.append(load_source(con, source, run_id=p["run_id"], step="01", keep_staged=False))
     files, rejects, excluded, cols = [], [], [], []
     for res in results:
         for f in res.files:

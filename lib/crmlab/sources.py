@@ -731,7 +731,8 @@ def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def load_source(con: duckdb.DuckDBPyConnection, source: dict, *, run_id: str, step: str) -> SourceLoad:
+def load_source(con: duckdb.DuckDBPyConnection, source: dict, *, run_id: str, step: str,
+                keep_staged: bool = True) -> SourceLoad:
     """Load every file of one source into the canonical tables, inside the caller's transaction.
 
     Parameters
@@ -743,6 +744,11 @@ def load_source(con: duckdb.DuckDBPyConnection, source: dict, *, run_id: str, st
         One validated source declaration (see module docstring).
     run_id, step : str
         Stored with the ledger and reject rows.
+    keep_staged : bool
+        Keep the new rows in the TEMP table ``SourceLoad.staged`` for the caller (steps 04
+        and 05 read it). False (step 01) writes the canonical tables straight from each
+        file's classified rows and leaves ``staged`` empty: one copy of ten million rows
+        less. Interactions are always staged (they are not written here).
 
     Returns
     -------
@@ -798,12 +804,17 @@ def load_source(con: duckdb.DuckDBPyConnection, source: dict, *, run_id: str, st
                 continue
             seen_sha.add(sha)
             table = f"_load_{len(pending)}"
-            _load_file(con, source, spec, fl, table)
+            _load_file(con, source, spec, fl, table, stage=keep_staged or kind == "interactions")
             pending.append((fl, table))
+        direct = not keep_staged and kind != "interactions"
         if kind == "transactions":
-            _check_duplicate_ids(con, source, staged, {f.sha256: f.path for f in result.files})
+            rows = "(" + " UNION ALL ".join(_stage_select(source, spec, fl, table) for fl, table in pending) + ")" \
+                if direct and pending else staged
+            _check_duplicate_ids(con, source, rows, {f.sha256: f.path for f in result.files})
         for fl, table in pending:
-            _write_file(con, source, spec, fl, table, run_id=run_id, step=step)
+            rows = f"({_stage_select(source, spec, fl, table)})" if direct else \
+                f"(SELECT * FROM {staged} WHERE sha256 = {_lit(fl.sha256)})"
+            _write_file(con, source, spec, fl, table, rows, run_id=run_id, step=step)
     finally:
         try:
             for i in range(len(pending) + 1):
@@ -1122,8 +1133,13 @@ def _expression_errors(source: dict, fl: FileLoad):
         ) from exc
 
 
-def _load_file(con: duckdb.DuckDBPyConnection, source: dict, spec: dict, fl: FileLoad, table: str) -> None:
-    """Read, map, type and classify one file into TEMP table ``table`` (no canonical write)."""
+def _load_file(con: duckdb.DuckDBPyConnection, source: dict, spec: dict, fl: FileLoad, table: str,
+               stage: bool = True) -> None:
+    """Read, map, type and classify one file into TEMP table ``table`` (no canonical write).
+
+    With ``stage`` its kept rows go to the source's staged table and ``table`` is dropped;
+    without, ``table`` stays for :func:`_write_file` (through :func:`_stage_select`).
+    """
     raw, view = f"{table}_raw", f"{table}_typed"
     offset = _read_raw(con, source, fl, raw)
     # rowid does not start at 0 in a table created inside an open transaction (DuckDB keeps
@@ -1337,8 +1353,9 @@ def _load_file(con: duckdb.DuckDBPyConnection, source: dict, spec: dict, fl: Fil
     if fl.rows_rejected or fl.warnings:
         _reject_rows(con, source, spec, fl, table)
     con.execute(f"DROP TABLE IF EXISTS {raw}")
-    _stage_rows(con, source, spec, fl, table)
-    con.execute(f"DROP TABLE IF EXISTS {table}")
+    if stage:
+        con.execute(f"INSERT INTO {stage_table(source['name'])} {_stage_select(source, spec, fl, table)}")
+        con.execute(f"DROP TABLE IF EXISTS {table}")
 
 
 def _reject_rows(con: duckdb.DuckDBPyConnection, source: dict, spec: dict, fl: FileLoad, table: str) -> None:
@@ -1406,17 +1423,30 @@ def _choose_date_format(con, mapped: str, txt: str, source: dict, column: str, f
     return [f for n, _, f in ranked if n > 0] or fmts
 
 
-def _number_parse_sql(txt: str, decimal: str | None) -> str:
+def _number_parse_sql(txt: str, decimal: str | None, *, fast_path: bool = True) -> str:
+    """Return the SQL reading the text ``txt`` as a number (NULL when it is not one).
+
+    Spaces, non-breaking spaces, currency signs and a leading ``+`` are dropped; the
+    decimal separator is ``decimal`` (``.`` or ``,``) or, when None, guessed per value
+    (``1.234,5`` and ``1,234.5`` both read). A plain value (``12.5``, or ``12,5`` with
+    ``decimal: ","``) is read by one cast first: the regular expressions only run on the
+    others (most of ten million amounts are plain), with the same result.
+    """
     s = f"regexp_replace(regexp_replace({txt}, '[\\s\\x{{00A0}}\\x{{202F}}€$£]', '', 'g'), '^\\+', '')"
     if decimal == ".":
-        return f"TRY_CAST(replace({s}, ',', '') AS DOUBLE)"
-    if decimal == ",":
-        return f"TRY_CAST(replace(replace({s}, '.', ''), ',', '.') AS DOUBLE)"
-    return (
-        f"TRY_CAST(CASE WHEN contains({s}, ',') AND contains({s}, '.') THEN "
-        f"  CASE WHEN strpos({s}, ',') > strpos({s}, '.') THEN replace(replace({s}, '.', ''), ',', '.') ELSE replace({s}, ',', '') END "
-        f"WHEN contains({s}, ',') THEN replace({s}, ',', '.') ELSE {s} END AS DOUBLE)"
-    )
+        slow = f"TRY_CAST(replace({s}, ',', '') AS DOUBLE)"
+        fast = f"CASE WHEN NOT contains({txt}, ',') THEN TRY_CAST({txt} AS DOUBLE) END"
+    elif decimal == ",":
+        slow = f"TRY_CAST(replace(replace({s}, '.', ''), ',', '.') AS DOUBLE)"
+        fast = f"CASE WHEN NOT contains({txt}, '.') THEN TRY_CAST(replace({txt}, ',', '.') AS DOUBLE) END"
+    else:
+        slow = (
+            f"TRY_CAST(CASE WHEN contains({s}, ',') AND contains({s}, '.') THEN "
+            f"  CASE WHEN strpos({s}, ',') > strpos({s}, '.') THEN replace(replace({s}, '.', ''), ',', '.') ELSE replace({s}, ',', '') END "
+            f"WHEN contains({s}, ',') THEN replace({s}, ',', '.') ELSE {s} END AS DOUBLE)"
+        )
+        fast = f"CASE WHEN NOT contains({txt}, ',') THEN TRY_CAST({txt} AS DOUBLE) END"
+    return f"coalesce({fast}, {slow})" if fast_path else slow
 
 
 def _customer_source_sql(source: dict, spec: dict) -> str:
@@ -1426,9 +1456,13 @@ def _customer_source_sql(source: dict, spec: dict) -> str:
     return own
 
 
-def _stage_rows(con: duckdb.DuckDBPyConnection, source: dict, spec: dict, fl: FileLoad, table: str) -> None:
+def _stage_select(source: dict, spec: dict, fl: FileLoad, table: str) -> str:
+    """Return the SELECT of the kept rows of a classified file in the staged columns.
+
+    Columns, in order: the canonical columns of the kind (``spec``), ``customer_source``
+    for the kinds that name a customer, ``source, sha256, row_number``.
+    """
     kind = source["kind"]
-    staged = stage_table(source["name"])
     cols = []
     for c in spec:
         if c in source["columns"]:
@@ -1448,14 +1482,14 @@ def _stage_rows(con: duckdb.DuckDBPyConnection, source: dict, spec: dict, fl: Fi
         else:
             cols.append(f"{cs} AS customer_source")
     cols += [f"{_lit(source['name'])} AS source", f"{_lit(fl.sha256)} AS sha256", f"{_ROW} AS row_number"]
-    con.execute(
-        f"INSERT INTO {staged} SELECT {', '.join(cols)} FROM {table} "
-        f"WHERE _status = 'candidate' AND _reason IS NULL"
-    )
+    return f"SELECT {', '.join(cols)} FROM {table} WHERE _status = 'candidate' AND _reason IS NULL"
 
 
 def _check_duplicate_ids(con: duckdb.DuckDBPyConnection, source: dict, staged: str, paths: dict[str, str]) -> None:
-    """Raise when a mapped transaction id repeats in the files or is already in the database."""
+    """Raise when a mapped transaction id repeats in the files or is already in the database.
+
+    ``staged``: a table or a parenthesised SELECT of the new rows (staged columns).
+    """
     if "transaction_id" not in source["columns"]:
         return
     hint = (
@@ -1499,12 +1533,11 @@ def _check_duplicate_ids(con: duckdb.DuckDBPyConnection, source: dict, staged: s
         )
 
 
-def _write_file(con: duckdb.DuckDBPyConnection, source: dict, spec: dict, fl: FileLoad, table: str, *, run_id: str, step: str) -> None:
-    """Write one classified file: canonical table rows, rejects, ledger."""
+def _write_file(con: duckdb.DuckDBPyConnection, source: dict, spec: dict, fl: FileLoad, table: str, mine: str, *,
+                run_id: str, step: str) -> None:
+    """Write one classified file: canonical table rows (``mine``: parenthesised SELECT of its kept rows in the staged columns), rejects, ledger."""
     name, kind = source["name"], source["kind"]
-    staged = stage_table(name)
     cols = source["columns"]
-    mine = f"(SELECT * FROM {staged} WHERE sha256 = {_lit(fl.sha256)})"
     if kind == "customers":
         fields = [c for c in KINDS["customers"]]
         fl.replaced = con.execute(
