@@ -473,10 +473,12 @@ def normalize_customers(
         # e-mails and addresses: a million distinct values at scale, normalised in SQL
         # (printable ASCII values; the others by the Python functions)
         _map_distinct_sql(con, "email",
-                          {"norm": email_sql("v", True), "clean": email_sql("v", False),
-                           "strict": email_sql("v", True, ignore_dots=False)},
+                          {"norm": _email_from_parts_sql("t", "lo", "dom", True, True),
+                           "clean": _email_from_parts_sql("t", "lo", "dom", False, True),
+                           "strict": _email_from_parts_sql("t", "lo", "dom", True, False)},
                           {"norm": lambda v: email(v, True), "clean": lambda v: email(v, False),
-                           "strict": lambda v: email(v, True, ignore_dots=False)}, "_nc_email")
+                           "strict": lambda v: email(v, True, ignore_dots=False)}, "_nc_email",
+                          parts=dict(zip(("t", "lo", "dom"), _email_parts_sql("v").values(), strict=True)))
         rules = _fast_phone_rules(region)
         region_names = [k for k, v in _COUNTRIES.items() if v == region] + [region.lower()]
         if rules:
@@ -575,16 +577,14 @@ def _sql_lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def email_sql(x: str, provider_rules: bool = True, *, ignore_dots: bool = True) -> str:
-    """Return the SQL of :func:`email` over the text column ``x``, exact for printable ASCII values.
-
-    Callers apply it where ``regexp_full_match(x, '[ -~]*')`` and call :func:`email` on the
-    other values; a property test holds the two to the same results.
-    """
+def _email_parts_sql(x: str) -> dict[str, str]:
+    """SQL of the parts :func:`email` works on: trimmed lowercase text ``t``, ``local`` and ``domain``."""
     t0 = f"lower(trim({x}))"
     t = f"(CASE WHEN starts_with({t0}, 'mailto:') THEN trim(substr({t0}, 8)) ELSE {t0} END)"
-    local = f"split_part({t}, '@', 1)"
-    domain = f"trim(split_part({t}, '@', 2), '.')"
+    return {"t": t, "local": f"split_part({t}, '@', 1)", "domain": f"trim(split_part({t}, '@', 2), '.')"}
+
+
+def _email_from_parts_sql(t: str, local: str, domain: str, provider_rules: bool, ignore_dots: bool) -> str:
     valid = (f"(length({t}) - length(replace({t}, '@', '')) = 1 AND NOT contains({t}, ' ') "
              f"AND {local} <> '' AND contains({domain}, '.') AND NOT contains({domain}, '..'))")
     if not provider_rules:
@@ -598,6 +598,16 @@ def email_sql(x: str, provider_rules: bool = True, *, ignore_dots: bool = True) 
     return f"(CASE WHEN {valid} AND {local2} <> '' THEN {local2} || '@' || {domain2} END)"
 
 
+def email_sql(x: str, provider_rules: bool = True, *, ignore_dots: bool = True) -> str:
+    """Return the SQL of :func:`email` over the text column ``x``, exact for printable ASCII values.
+
+    Callers apply it where ``regexp_full_match(x, '[ -~]*')`` and call :func:`email` on the
+    other values; a property test holds the two to the same results.
+    """
+    parts = _email_parts_sql(x)
+    return _email_from_parts_sql(parts["t"], parts["local"], parts["domain"], provider_rules, ignore_dots)
+
+
 def address_sql(x: str) -> str:
     """Return the SQL of :func:`address` over the text column ``x``, exact for printable ASCII values."""
     words = f"trim(regexp_replace(lower({x}), '[^a-z0-9]+', ' ', 'g'))"
@@ -609,18 +619,22 @@ def address_sql(x: str) -> str:
             f"w -> CASE w {cases} ELSE w END), ' '), '')")
 
 
-def _map_distinct_sql(con: duckdb.DuckDBPyConnection, column: str, exprs: dict[str, str], funcs: dict, name_: str) -> None:
+def _map_distinct_sql(con: duckdb.DuckDBPyConnection, column: str, exprs: dict[str, str], funcs: dict, name_: str,
+                      parts: dict[str, str] | None = None) -> None:
     """TEMP table ``name_(raw, <exprs>)`` over the distinct non-null ``column`` of ``_nc_raw``.
 
-    Printable ASCII values are normalised by the SQL ``exprs`` (``{out: sql over "v"}``),
-    the others by the Python ``funcs`` (``{out: f(value)}``), once per distinct value.
+    Printable ASCII values are normalised by the SQL ``exprs`` (``{out: sql over "v"}``, or
+    over the columns of ``parts``, ``{name: sql over "v"}`` computed once before), the
+    others by the Python ``funcs`` (``{out: f(value)}``), once per distinct value.
     """
     ascii_ = _ASCII_SQL.format(x="v")
     cols = ", ".join(f"{e} AS {o}" for o, e in exprs.items())
+    pre = "".join(f", {e} AS {n}" for n, e in (parts or {}).items())
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE {name_} AS
-        WITH d AS (SELECT DISTINCT {column} AS v FROM _nc_raw WHERE {column} IS NOT NULL)
-        SELECT v AS raw, {cols} FROM d WHERE {ascii_}
+        WITH d AS (SELECT DISTINCT {column} AS v FROM _nc_raw WHERE {column} IS NOT NULL),
+             p AS (SELECT v{pre} FROM d WHERE {ascii_})
+        SELECT v AS raw, {cols} FROM p
     """)
     rest = con.execute(f"SELECT DISTINCT {column} FROM _nc_raw WHERE {column} IS NOT NULL "
                        f"AND NOT {_ASCII_SQL.format(x=column)}").fetchall()
