@@ -283,10 +283,12 @@ def main(argv: list[str] | None = None) -> dict:
         overrides: list[str] = []
         params_file = common.ROOT / "params" / ("online_retail.yaml" if case == "online_retail" else "demo.yaml")
         scale = 1.0
+        inputs = [DATASETS / "online_retail"] if case == "online_retail" else [common.ROOT / "data" / "demo"]
         if case == "demo_large":
             data = large_demo(args.large_scale)
             params_file = demo_params_for(data, work)
             scale = args.large_scale
+            inputs = [data]
         database = work / f"chain_{case}.duckdb"
         run_dir = work / "runs" / case
         argv_case = [common.PY, __file__, "--case", "chain", "--params", str(params_file),
@@ -295,7 +297,8 @@ def main(argv: list[str] | None = None) -> dict:
             argv_case += ["--override", o]
         n = args.large_runs if case == "demo_large" else args.runs
         print(f"Chaîne complète – {case}", flush=True)
-        r = common.repeat(argv_case, n, timeout=args.timeout, label=case, trace=True)
+        r = common.repeat(argv_case, n, timeout=args.timeout, label=case, trace=True,
+                          warm=[p for p in inputs if p.exists()])
         r["memory_by_cell"] = memory_by_cell(run_dir, r["runs"][-1].get("trace") or [])
         for run in r["runs"]:
             run.pop("trace", None)

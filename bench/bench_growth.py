@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
         path = common.synthetic_transactions(n, seed=args.seed, path=work / f"tx_{n}_s{args.seed}.parquet")
         print(f"Croissance – résumé + ajustement, {n:,} transactions", flush=True)
         r = common.repeat([common.PY, __file__, "--case", "summary_fit", "--path", str(path)], args.runs,
-                          timeout=args.timeout, label=f"summary_fit {n}")
+                          timeout=args.timeout, label=f"summary_fit {n}", warm=[path])
         series["summary_fit"]["points"].append(_point(n, r))
     for n in args.records:
         print(f"Croissance – rapprochement d'identités, {n:,} fiches", flush=True)

@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
         cases = {}
         for case in args.cases:
             cases[case] = common.repeat([common.PY, __file__, "--case", case, "--path", str(path)], args.runs,
-                                        timeout=args.timeout, label=case)
+                                        timeout=args.timeout, label=case, warm=[path])
         rows = cases[next(iter(cases))]["result"].get("customers")
         entry = {"transactions": _rows(path), "customers": rows, "path": str(path), "cases": cases,
                  "consistent": consistent(cases)}

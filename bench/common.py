@@ -215,10 +215,29 @@ def run_case(argv: list[str], *, timeout: float | None = None, cwd: str | Path |
     }
 
 
-def repeat(argv: list[str], n: int, *, timeout: float | None = None, label: str = "", **kw) -> dict:
+def warm_files(paths) -> float:
+    """Read files (or every file under folders) once so that the next reader finds them in the page cache.
+
+    This machine pages out file cache that has not been used for some seconds (DAMON
+    ``pageout`` scheme), and a cold read runs at 15–120 MB/s: without this, which case
+    of a comparison pays for reading the shared input from disk depends on timing.
+    Returns the seconds spent.
+    """
+    t0 = time.perf_counter()
+    for p in paths or []:
+        p = Path(p)
+        for f in ([p] if p.is_file() else sorted(x for x in p.rglob("*") if x.is_file())):
+            with open(f, "rb") as fh:
+                while fh.read(1 << 23):
+                    pass
+    return time.perf_counter() - t0
+
+
+def repeat(argv: list[str], n: int, *, timeout: float | None = None, label: str = "", warm=None, **kw) -> dict:
     """Run a case ``n`` times; return the runs and their medians.
 
-    A failed or timed-out run stops the repetition (no point waiting again).
+    A failed or timed-out run stops the repetition (no point waiting again). ``warm``:
+    input files read just before each run (see :func:`warm_files`).
 
     Returns
     -------
@@ -229,6 +248,7 @@ def repeat(argv: list[str], n: int, *, timeout: float | None = None, label: str 
     """
     runs = []
     for i in range(n):
+        warm_files(warm)
         r = run_case(argv, timeout=timeout, **kw)
         runs.append(r)
         # a case may report a failure of what it measured (e.g. ``crmlab run`` exit code)

@@ -108,3 +108,11 @@ def test_profile_categories():
     assert bench_chain._category(["/w/lib/crmlab/clv.py", "/v/pandas/core/frame.py"]) == "pandas"
     assert bench_chain._category(["<frozen importlib._bootstrap>", "/v/seaborn/a.py"]) == "imports"
     assert bench_chain._category(["/w/other.py"]) == "other"
+
+
+def test_warm_files_reads_files_and_folders(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.csv").write_bytes(b"x" * 100)
+    (tmp_path / "b.parquet").write_bytes(b"y" * 10)
+    assert common.warm_files([tmp_path / "d", tmp_path / "b.parquet"]) >= 0
+    assert common.warm_files(None) >= 0
