@@ -249,10 +249,10 @@ def test_bad_params_fail_before_any_step(change, expected, tiny_demo, tmp_path, 
 # --------------------------------------------------------------------------- relinking: ids follow their person
 
 
-def _cid(source: str, key: str) -> str:
+def _cid(source: str, key: str, digits: int = 16) -> str:
     import hashlib
 
-    return "C" + hashlib.md5(f"{source}|{key}".encode()).hexdigest()[:10]
+    return "C" + hashlib.md5(f"{source}|{key}".encode()).hexdigest()[:digits]
 
 
 def _later_steps_rows(con: duckdb.DuckDBPyConnection, cid: str) -> None:
@@ -305,7 +305,7 @@ def test_relinking_carries_later_steps_rows_to_the_new_customer_id(tmp_path):
     assert view.carry_over.carried == 0 and view.carry_over.rows == {}
 
 
-def _relinked(order: int) -> duckdb.DuckDBPyConnection:
+def _relinked(order: int, digits: int = 16) -> duckdb.DuckDBPyConnection:
     """Links before / after a relinking, rows in a given order (0 or 1), and later steps' rows.
 
     Before: Cold (s1–s4), Cb (s5), Cd (s7, s8), Cc (s6). After: N1 (s1, s2, s9),
@@ -333,20 +333,21 @@ def _relinked(order: int) -> duckdb.DuckDBPyConnection:
                 "('P1', 'Cgone', 'treatment', 'segmenter', NULL), ('H1', 'Cb', 'treatment', 's', 's5')")
     # an id older than the links (the id of s9's former cluster), and one nobody knows
     con.execute("INSERT INTO interactions (interaction_id, customer_id) VALUES ('I1', 'Cold'), ('I2', ?), ('I3', 'Cunknown0')",
-                [_cid("s", "s9")])
+                [_cid("s", "s9", digits)])
     con.execute("INSERT INTO contact_history (customer_id, field, new_value, seq) VALUES ('Cunknown0', 'email', 'x@y.fr', 1)")
     return con
 
 
+@pytest.mark.parametrize("digits", [16, 10], ids=["id", "legacy_10_digit_id"])
 @pytest.mark.parametrize("order", [0, 1], ids=["rows_in_order", "rows_reversed"])
-def test_carry_over_is_deterministic_on_splits_and_merges(order):
-    con = _relinked(order)
+def test_carry_over_is_deterministic_on_splits_and_merges(order, digits):
+    con = _relinked(order, digits)
     carry = constituer.carry_over_ids(con)
     assert carry.mapping[["old_id", "new_id", "records", "targets", "rank"]].to_dict("records") == sorted([
         {"old_id": "Cb", "new_id": "N2", "records": 1, "targets": 1, "rank": 2},
         {"old_id": "Cd", "new_id": "N2", "records": 2, "targets": 1, "rank": 1},
         {"old_id": "Cold", "new_id": "N1", "records": 2, "targets": 2, "rank": 1},
-        {"old_id": _cid("s", "s9"), "new_id": "N1", "records": 0, "targets": 1, "rank": 2},
+        {"old_id": _cid("s", "s9", digits), "new_id": "N1", "records": 0, "targets": 1, "rank": 2},
     ], key=lambda r: r["old_id"])
     assert (carry.carried, carry.splits, carry.recovered) == (4, 1, 1)
     # one segment row per person and snapshot: the merged customer keeps Cd's row, the unknown id's row goes

@@ -3,6 +3,7 @@ import hashlib
 import importlib.util
 from pathlib import Path
 
+import duckdb
 import pandas as pd
 import pytest
 from crmlab import db, identity
@@ -142,8 +143,11 @@ def test_rules_recorded_on_links():
 
 def test_customer_id_is_md5_of_smallest_key():
     _, _, links = run(list(MATCHES["phone-formats"]))
-    expected = "C" + hashlib.md5(b"magasin|b").hexdigest()[:10]
+    expected = "C" + hashlib.md5(b"magasin|b").hexdigest()[:16]
     assert links["customer_id"].tolist() == [expected, expected]
+    assert identity.customer_id("magasin", "b") == expected
+    con = duckdb.connect()
+    assert con.execute(f"SELECT {identity.customer_id_sql('?', '?')}", ["magasin", "b"]).fetchone()[0] == expected
 
 
 def test_golden_record_survivorship():

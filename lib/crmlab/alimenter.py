@@ -27,14 +27,13 @@ The measures: fill rates before / after, the share of each field filled by each 
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 
 import duckdb
 import numpy as np
 import pandas as pd
 
-from crmlab import history, normalize, quality
+from crmlab import history, identity, normalize, quality
 from crmlab.db import check, now, register_frame
 from crmlab.errors import InputError, ParamsError
 from crmlab.params import Param
@@ -372,7 +371,7 @@ def _items(frame: pd.DataFrame, source_col: str = "source") -> pd.Series:
 
 
 def _cid(source: str, key: str) -> str:
-    return "C" + hashlib.md5(f"{source}|{key}".encode()).hexdigest()[:10]
+    return identity.customer_id(source, key)
 
 
 def _norm_value(f: str, value: object, region: str, country: object = None) -> object:
@@ -493,7 +492,7 @@ def link_new_records(con: duckdb.DuckDBPyConnection, p: dict, records: pd.DataFr
     new["group"] = group
     first = (new[unk].assign(sk=new["source"] + "|" + new["source_key"]).sort_values("sk", kind="stable")
              .groupby("group")["sk"].first())
-    gid = {g: "C" + hashlib.md5(sk.encode()).hexdigest()[:10] for g, sk in first.items()}
+    gid = {g: identity.customer_id(*sk.split("|", 1)) for g, sk in first.items()}
     new.loc[unk, "customer_id"] = new.loc[unk, "group"].map(gid)
     new.loc[unk, "rule"] = [("email" if isinstance(e, str) else "phone_name") if (new["group"] == g).sum() > 1 else "unique"
                             for e, g in zip(new.loc[unk, "email_n"], new.loc[unk, "group"], strict=True)]

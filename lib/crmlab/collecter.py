@@ -338,10 +338,10 @@ def match(con: duckdb.DuckDBPyConnection, p: dict) -> None:
     unknown = unknown.merge(roots.rename(columns={"source": "p_source", "source_key": "p_key"}), on="_root")
     register_frame(con, "_col_unknown", unknown[["interaction_id", "p_source", "p_key"]])
     try:
-        con.execute("""
+        con.execute(f"""
             CREATE OR REPLACE TEMP TABLE _col_prospects AS
             SELECT u.p_source AS source, u.p_key AS source_key,
-                   'C' || left(md5(u.p_source || '|' || u.p_key), 10) AS customer_id,
+                   {identity.customer_id_sql('u.p_source', 'u.p_key')} AS customer_id,
                    arg_max(n.first_name, c.ts) FILTER (WHERE n.first_name IS NOT NULL) AS first_name,
                    arg_max(n.last_name, c.ts) FILTER (WHERE n.last_name IS NOT NULL) AS last_name,
                    arg_max(n.email_clean, c.ts) FILTER (WHERE n.email_clean IS NOT NULL) AS email,

@@ -435,8 +435,8 @@ def carry_over_ids(con: duckdb.DuckDBPyConnection, before: str = LINKS_BEFORE) -
     customer, records of step 05…). Each former id goes to the new customer that holds
     most of its records (shared ``source, source_key`` between ``before`` and
     ``customer_links``), ties to the smallest id; an id absent from ``before`` is
-    recognised, if possible, as the id of a record's cluster (``'C'`` + first 10 hex of
-    ``md5(source || '|' || source_key)``). Then:
+    recognised, if possible, as the id of a record's cluster (:func:`identity.customer_id`
+    of its ``source, source_key``, or the 10-digit id of older bases). Then:
 
     * every table of :data:`CARRIED_TABLES` is re-keyed; ``segments`` history rows follow
       the person (one row per snapshot: the primary former customer's row wins, i.e. the
@@ -481,10 +481,16 @@ def carry_over_ids(con: duckdb.DuckDBPyConnection, before: str = LINKS_BEFORE) -
     """)
     recovered = 0
     if con.execute("SELECT count(*) FROM _co_orphans").fetchone()[0]:
-        recovered = con.execute("""
+        from crmlab import identity
+
+        # ids of this version and of the bases written before 2026-12 (10 hex digits)
+        ids = " UNION ALL ".join(
+            f"SELECT {identity.customer_id_sql('source', 'source_key', n)} AS record_id, customer_id FROM customer_links"
+            for n in (identity.ID_HEX_DIGITS, identity.LEGACY_ID_HEX_DIGITS))
+        recovered = con.execute(f"""
             INSERT INTO _co_map
             SELECT o.customer_id, min(l.customer_id), 0, 1
-            FROM _co_orphans o JOIN customer_links l ON 'C' || left(md5(l.source || '|' || l.source_key), 10) = o.customer_id
+            FROM _co_orphans o JOIN ({ids}) l ON l.record_id = o.customer_id
             GROUP BY o.customer_id
         """).fetchone()[0]
     con.execute("DELETE FROM _co_map WHERE old_id = new_id AND NOT EXISTS "

@@ -38,15 +38,18 @@ Pipeline of :func:`link` (all heavy work in DuckDB SQL; Python only over *pairs*
 6. Write ``customer_links`` and ``customers`` (golden records, :data:`SURVIVORSHIP`),
    replacing their content, inside the caller's transaction (no COMMIT here).
 
-``customer_id`` is ``'C'`` + the first 10 hex digits of ``md5(source || '|' ||
+``customer_id`` is ``'C'`` + the first 16 hex digits (64 bits) of ``md5(source || '|' ||
 source_key)`` of the smallest ``(source, source_key)`` of the cluster: stable across
-runs and independent of row order.
+runs and independent of row order (:func:`customer_id`, :func:`customer_id_sql`). Bases
+written before 2026-12 hold 10 hex digits (40 bits: about one collision expected per
+1.2 million customers); :func:`crmlab.constituer.carry_over_ids` recognises both.
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as dt
+import hashlib
 import math
 import time
 from collections.abc import Sequence
@@ -61,7 +64,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from crmlab.db import register_frame
-from crmlab.errors import InputError
+from crmlab.errors import CheckError, InputError
 from crmlab.normalize import normalize_customers
 
 __all__ = [
@@ -114,6 +117,24 @@ SURVIVORSHIP = (
 )
 
 RULE_ORDER = {"decision": 0, "email": 1, "phone_name": 2, "name_birth": 3, "fuzzy": 4}
+
+
+ID_HEX_DIGITS = 16
+"""Hex digits of md5 kept in a customer id (64 bits: a collision among 10 million
+customers has a probability below 3e-6)."""
+
+LEGACY_ID_HEX_DIGITS = 10
+"""Hex digits of the ids written before 2026-12, still recognised when re-keying."""
+
+
+def customer_id(source: str, source_key: str, digits: int = ID_HEX_DIGITS) -> str:
+    """Customer id of the cluster whose smallest record is ``(source, source_key)``."""
+    return "C" + hashlib.md5(f"{source}|{source_key}".encode()).hexdigest()[:digits]
+
+
+def customer_id_sql(source: str, source_key: str, digits: int = ID_HEX_DIGITS) -> str:
+    """SQL expression of :func:`customer_id` over two VARCHAR expressions."""
+    return f"('C' || left(md5({source} || '|' || {source_key}), {digits}))"
 
 
 def _w(m: float, u: float) -> float:
@@ -873,11 +894,15 @@ def _customer_ids(con: duckdb.DuckDBPyConnection, norm: str, labels: np.ndarray)
     try:
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE _id_ids AS
-            SELECT l.rid, l.root, 'C' || left(md5(r.source || '|' || r.source_key), 10) AS customer_id
+            SELECT l.rid, l.root, {customer_id_sql('r.source', 'r.source_key')} AS customer_id
             FROM _id_labels l JOIN {norm} r ON r.rid = l.root
         """)
     finally:
         con.unregister("_id_labels")
+    roots, ids = con.execute("SELECT count(DISTINCT root), count(DISTINCT customer_id) FROM _id_ids").fetchone()
+    if roots != ids:
+        raise CheckError(f"Deux clients différents ont reçu le même identifiant ({roots} groupes, {ids} identifiants) : "
+                         "collision de l'empreinte md5, à signaler avec le fichier source.")
 
 
 def link(
