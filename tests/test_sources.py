@@ -537,3 +537,13 @@ def test_number_fast_path_reads_like_the_full_rules(text, decimal):
     full = sources._number_parse_sql("v", decimal, fast_path=False)
     got, want = con.execute(f"SELECT {fast}, {full} FROM (SELECT ?::VARCHAR AS v)", [text]).fetchone()
     assert got == want or (got != got and want != want)  # NaN == NaN here
+
+
+@given(st.binary(max_size=64) | st.lists(st.sampled_from([b"a", b"\n", b"\r", b"\t", b"\x1b", b"\x00", b"\x7f", b"\xe9", b"\x0c"]),
+                                         max_size=40).map(b"".join))
+@settings(max_examples=300, deadline=None)
+def test_binary_offset_finds_the_first_control_byte(chunk):
+    import re
+
+    m = re.search(rb"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f]", chunk)
+    assert sources._binary_offset(chunk) == (m.start() if m else None)
