@@ -13,6 +13,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
+from crmlab import db
 from crmlab.db import check
 from crmlab.errors import InputError, ParamsError
 from crmlab.params import Param
@@ -521,12 +522,24 @@ def carry_over_ids(con: duckdb.DuckDBPyConnection, before: str = LINKS_BEFORE) -
             """).fetchone()[0]
             if n:
                 rows[table] = int(n)
+    n_links = con.execute("SELECT count(*) FROM customer_links").fetchone()[0]
     for table, s, k in KEY_REFERENCES:
-        con.execute(
-            f"UPDATE {table} SET customer_id = l.customer_id FROM customer_links l "
-            f"WHERE l.source = {table}.{s} AND l.source_key = {table}.{k} "
-            f"AND {table}.customer_id IS DISTINCT FROM l.customer_id"
-        )
+        # A table smaller than the links is the build side of the join, so an UPDATE joined
+        # on the keys writes its rows in scattered order (633 k campaign contacts: 20 s);
+        # those go by rowid (0.7 s). A larger one is scanned in storage order and updated
+        # faster directly (10 M purchases: 6.5 s, by rowid 12 s).
+        if con.execute(f"SELECT count(*) FROM {table}").fetchone()[0] < n_links:
+            db.update_by_rowid(con, table, "customer_id", f"""
+                SELECT t.rowid AS rid, l.customer_id AS value FROM {table} t
+                JOIN customer_links l ON l.source = t.{s} AND l.source_key = t.{k}
+                WHERE t.customer_id IS DISTINCT FROM l.customer_id
+            """)
+        else:
+            con.execute(
+                f"UPDATE {table} SET customer_id = l.customer_id FROM customer_links l "
+                f"WHERE l.source = {table}.{s} AND l.source_key = {table}.{k} "
+                f"AND {table}.customer_id IS DISTINCT FROM l.customer_id"
+            )
     gone = "customer_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM customers c WHERE c.customer_id = {t}.customer_id)"
     for table, sql in [
         ("interactions", f"UPDATE interactions SET customer_id = NULL WHERE {gone.format(t='interactions')}"),

@@ -433,6 +433,25 @@ def write_kpis(
         con.unregister("_kpis_in")
 
 
+def update_by_rowid(con: duckdb.DuckDBPyConnection, table: str, column: str, rows_sql: str, params: list | None = None) -> int:
+    """Set ``table.column`` for the rows listed by ``rows_sql``; return the number of rows set.
+
+    ``rows_sql`` selects ``rid`` (the ``rowid`` of a row of ``table``) and ``value``. The
+    rows are found first, then updated by rowid in storage order. An ``UPDATE … FROM``
+    joined on other keys updates the rows in the order of the join's output, scattered
+    over the table, which DuckDB does slowly: 633 k campaign contacts took 20 s joined on
+    their customer key, 0.7 s this way. For a table scanned in storage order by the join
+    (the larger side), the plain ``UPDATE … FROM`` is faster (ten million purchases: 6.5 s,
+    12 s this way).
+    """
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _upd_rows AS SELECT rid, value FROM ({rows_sql}) ORDER BY rid", params or [])
+    try:
+        n = con.execute(f"UPDATE {table} SET {column} = u.value FROM _upd_rows u WHERE {table}.rowid = u.rid").fetchone()[0]
+    finally:
+        con.execute("DROP TABLE IF EXISTS _upd_rows")
+    return int(n)
+
+
 def register_frame(con: duckdb.DuckDBPyConnection, name: str, frame: pd.DataFrame) -> None:
     """Register a pandas frame as a view, its text columns typed VARCHAR even when empty or all null.
 
