@@ -341,6 +341,11 @@ def segment_sizes(con: duckdb.DuckDBPyConnection, revenue_months: int = 12) -> p
     return out
 
 
+def _signed_count(n: float) -> str:
+    """A change of a count in French: ``+1 746``, ``−12`` (narrow spaces, true minus sign)."""
+    return ("+" if n >= 0 else "−") + fr_number(abs(int(n)))
+
+
 def _segment_scheme(labels: set[str]) -> tuple[str, int] | None:
     from crmlab import rfm
 
@@ -439,7 +444,8 @@ def evolution_chart(evo: dict):
     ax.axvline(0, color="#333333", lw=0.8)
     if len(f):
         up, down = f.iloc[-1], f.iloc[0]
-        title = f"{up['segment']} gagne le plus ({up['change']:+d} clients), {down['segment']} perd le plus ({down['change']:+d})"
+        title = (f"{up['segment']} gagne le plus ({_signed_count(up['change'])} clients), "
+                 f"{down['segment']} perd le plus ({_signed_count(down['change'])})")
     else:
         title = "Pas d'évolution mesurable des segments"
     return finish(fig, title, f"évolution du nombre de clients du {_fr_date(evo['date_before'])} au {_fr_date(evo['date_after'])}", "")
@@ -868,7 +874,7 @@ def executive_summary(card: pd.DataFrame, results: pd.DataFrame, evo: dict | Non
         f = evo["flows"].sort_values("change")
         up, down = f.iloc[-1], f.iloc[0]
         out.append(f"Segments du {_fr_date(evo['date_before'])} au {_fr_date(evo['date_after'])} : **{up['segment']}** gagne "
-                   f"{up['change']:+d} clients, **{down['segment']}** en perd {abs(int(down['change']))} ; "
+                   f"{_signed_count(up['change'])} clients, **{down['segment']}** en perd {fr_number(abs(int(down['change'])))} ; "
                    f"{fr_percent(evo['moved_share'], 0)} des clients ont changé de segment.")
     sentence = alerts_sentence(alerts)
     if sentence:
