@@ -132,7 +132,9 @@ def memory_by_cell(run_dir: Path, trace: list) -> list[dict]:
             t1 = dt.datetime.fromisoformat(meta["end_time"].replace("Z", "+00:00")).timestamp()
             inside = [m for t, m in trace if t0 - 0.5 <= t <= t1 + 0.5]
             if inside:
-                first = next((ln for ln in cell.source.splitlines() if ln.strip() and not ln.startswith("#")), "")
+                lines = [ln for ln in cell.source.splitlines() if ln.strip() and not ln.startswith("#")]
+                # the first line that does something (imports say little about the cell)
+                first = next((ln for ln in lines if not ln.startswith(("import ", "from "))), lines[0] if lines else "")
                 out.append({"notebook": nb_path.stem, "cell": i + 1, "seconds": round(t1 - t0, 2),
                             "peak_mib": max(inside), "source": first[:90]})
     return sorted(out, key=lambda m: -m["peak_mib"])
@@ -256,7 +258,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--large-runs", type=int, default=1)
     parser.add_argument("--large-scale", type=float, default=185)
     parser.add_argument("--timeout", type=float, default=1800)
-    parser.add_argument("--profile", action="store_true", help="profile the demo chain's library calls")
+    parser.add_argument("--profile", action="store_true", help="profile the chain's library calls")
+    parser.add_argument("--profile-cases", nargs="+", help="cases to profile (default: all measured cases)")
     parser.add_argument("--no-save", action="store_true")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--params", help=argparse.SUPPRESS)
@@ -308,7 +311,7 @@ def main(argv: list[str] | None = None) -> dict:
         r["params_file"] = str(params_file)
         r["command"] = f"crmlab run {params_file.relative_to(common.ROOT) if params_file.is_relative_to(common.ROOT) else params_file} -p run.database={database.relative_to(common.ROOT)}"
         out["cases"][case] = r
-        if args.profile and r["runs"] and r["runs"][-1]["result"] and (run_dir / "run.json").exists():
+        if args.profile and (not args.profile_cases or case in args.profile_cases) and r["runs"] and r["runs"][-1]["result"] and (run_dir / "run.json").exists():
             print(f"Profil (pyinstrument) – {case}", flush=True)
             p = common.run_case([common.PY, __file__, "--case", "profile", "--out", str(run_dir),
                                  "--database", str(database), "--html", str(work / f"profile_{case}.html")],

@@ -133,7 +133,10 @@ def run(only: list[str], quick: bool, work: Path) -> None:
     if "growth" in only:
         bench_growth.main((["--tx", "10000", "100000", "--records", "2000", "20000", "--runs", "1"] if quick else []) + w)
     if "chain" in only:
-        bench_chain.main(["--cases", "demo", "--runs", "1", "--no-save"] if quick else ["--profile"])
+        # the 10 M chain is not profiled again (one more run of ~10 min): its time per step
+        # and per cell comes from the measured run
+        bench_chain.main(["--cases", "demo", "--runs", "1", "--no-save"] if quick
+                         else ["--profile", "--profile-cases", "demo", "online_retail"])
 
 
 # --------------------------------------------------------------------------- rendering
@@ -291,6 +294,7 @@ def render_chain(data: dict) -> list[str]:
                             + ("non démontré à 10 M" if tx < 9_000_000 else _yes(bool(total) and total <= TARGETS["large_s"]
                                                                              and c["peak_mib"] <= TARGETS["large_gib"] * 1024)))
     lines += [""] + [v + "  " for v in verdicts] + [""]
+    lines += _steps_table(data)
     mem = [(case, c["memory_by_cell"]) for case, c in data.get("cases", {}).items() if c.get("memory_by_cell")]
     if mem:
         lines += ["Cellules pendant lesquelles l'arbre de processus atteint sa mémoire de pointe (heures de début et de fin "
@@ -299,6 +303,14 @@ def render_chain(data: dict) -> list[str]:
             lines.append(f"- {case} : " + " ; ".join(
                 f"{fmt_mib(m['peak_mib'])} pendant {m['notebook']} cellule {m['cell']} ({fmt_s(m['seconds'])}, `{m['source']}`)"
                 for m in cells[:3]))
+        lines.append("")
+    slow = [(case, c["memory_by_cell"]) for case, c in data.get("cases", {}).items()
+            if c.get("memory_by_cell") and case == "demo_large"]
+    for case, cells in slow:
+        lines += [f"Cellules les plus longues ({case}, temps papermill, mémoire de l'arbre pendant la cellule) :", "",
+                  "| carnet | cellule | temps | mémoire arbre | première ligne |", "|---|---|---|---|---|"]
+        for m in sorted(cells, key=lambda m: -m["seconds"])[:10]:
+            lines.append(f"| {m['notebook']} | {m['cell']} | {fmt_s(m['seconds'])} | {fmt_mib(m['peak_mib'])} | `{m['source']}` |")
         lines.append("")
     profs = data.get("profiles", {})
     if profs:
@@ -319,6 +331,29 @@ def render_chain(data: dict) -> list[str]:
                       "  Fonctions crmlab les plus coûteuses (temps cumulé) : "
                       + ", ".join(f"`{k}` {fr(v)} s" for k, v in r["top_crmlab"][:8]), ""]
     return lines
+
+
+STEP_NAMES = {"01": "constituer", "02": "segmenter", "03": "interagir", "04": "collecter", "05": "alimenter",
+              "06": "mesurer"}
+
+
+def _steps_table(data: dict) -> list[str]:
+    """Per-step time (kernel start + cells + HTML, from run.json) of the last run of each case."""
+    rows = []
+    for case, c in data.get("cases", {}).items():
+        r = c.get("result") or {}
+        cells = []
+        for code in STEP_NAMES:
+            parts = [r.get(f"step{code}_{k}_s") for k in ("kernel_start", "execute", "html")]
+            cells.append(fmt_s(sum(v for v in parts if v)) if any(v is not None for v in parts) else "–")
+        if any(x != "–" for x in cells):
+            label = {"demo": "démo (échelle 1)", "online_retail": "Online Retail"}.get(case, f"démo (échelle {c.get('scale', '?'):g})")
+            rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    head = " | ".join(f"{code} {name}" for code, name in STEP_NAMES.items())
+    return ["Temps par étape (démarrage du noyau + cellules + rendu HTML, dernière exécution de chaque cas) :", "",
+            f"| cas | {head} |", "|---" * (len(STEP_NAMES) + 1) + "|", *rows, ""]
 
 
 def _error(r: dict) -> str:
