@@ -45,17 +45,27 @@ def current_consents(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     return con.execute(CURRENT_CONSENTS_SQL + " ORDER BY customer_id, channel").df()
 
 
-#: SQL of the current consent state (one row per customer_id, channel).
-CURRENT_CONSENTS_SQL = """
+def current_consents_sql(table: str = "consents", where: str | None = None) -> str:
+    """SQL of the current consent state (one row per customer_id, channel) of ``table``.
+
+    ``where``: an extra condition on the consent rows (e.g. some customers only).
+    Columns ``customer_id, channel, opted_in, updated_at, source``.
+    """
+    extra = f"({where}) AND " if where else ""
+    return f"""
     SELECT customer_id, channel,
            arg_max(opted_in, (coalesce(updated_at, TIMESTAMP '1900-01-01'), NOT opted_in)) AS opted_in,
            max(updated_at) AS updated_at,
            -- source as the last tie-break: two sources stating the same consent at the same
            -- time gave one or the other from run to run (the « rempli par canal » KPI moved)
            arg_max(source, (coalesce(updated_at, TIMESTAMP '1900-01-01'), NOT opted_in, source)) AS source
-    FROM consents WHERE customer_id IS NOT NULL AND channel IS NOT NULL AND opted_in IS NOT NULL
+    FROM {table} WHERE {extra}customer_id IS NOT NULL AND channel IS NOT NULL AND opted_in IS NOT NULL
     GROUP BY customer_id, channel
 """
+
+
+#: SQL of the current consent state (one row per customer_id, channel).
+CURRENT_CONSENTS_SQL = current_consents_sql()
 
 
 def _next_seq(con: duckdb.DuckDBPyConnection) -> int:
