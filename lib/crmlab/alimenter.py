@@ -433,9 +433,19 @@ def _per_distinct(frame: pd.DataFrame, func) -> np.ndarray:
     """
     if frame.empty:
         return np.empty(0, dtype=object)
-    frame = frame.astype(object).where(frame.notna(), None)
-    codes = frame.groupby(list(frame.columns), dropna=False, sort=False).ngroup().to_numpy()
-    uniq = frame.drop_duplicates().reset_index(drop=True)
+    # codes of the distinct rows by factorising column by column (a groupby and a
+    # drop_duplicates over 3.5 M rows took 8 s per call at scale 185); every kind of null
+    # is one value (code 0); factorize numbers the values in order of first appearance,
+    # so code k is the k-th distinct row
+    codes = np.zeros(len(frame), dtype=np.int64)
+    for col in frame.columns:
+        c, u = pd.factorize(frame[col], use_na_sentinel=True)
+        codes, _ = pd.factorize(codes * (len(u) + 1) + (c + 1))
+    # first row of each code: where the running maximum of the codes grows
+    top = np.maximum.accumulate(codes)
+    first = np.flatnonzero(np.r_[True, top[1:] > top[:-1]])
+    uniq = frame.iloc[first].reset_index(drop=True)
+    uniq = uniq.astype(object).where(uniq.notna(), None)
     values = np.empty(len(uniq), dtype=object)
     values[:] = list(func(uniq))
     return values[codes]
