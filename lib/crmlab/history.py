@@ -124,17 +124,25 @@ def apply_changes(con: duckdb.DuckDBPyConnection, changes: pd.DataFrame, *, run_
                    item
             FROM _hist_in
         """, [run_id, base])
-        for f in CONTACT_FIELDS:
-            cast = "TRY_CAST(c.new_value AS DATE)" if f == "birth_date" else "CAST(c.new_value AS VARCHAR)"
-            con.execute(f"""
-                UPDATE customers SET {f} = {cast}
-                FROM _hist_in c WHERE c.field = '{f}' AND c.customer_id = customers.customer_id
-            """)
-        con.execute("""
-            UPDATE customers SET updated_at = greatest(coalesce(customers.updated_at, u.ts), u.ts)
-            FROM (SELECT customer_id, max(CAST(changed_at AS TIMESTAMP)) AS ts FROM _hist_in GROUP BY customer_id) u
-            WHERE u.customer_id = customers.customer_id
+        # one wide row per changed customer, applied by rowid in one UPDATE (an UPDATE
+        # joined on the ids per field took 1 to 2 s each at scale 185)
+        flags = ", ".join(f"bool_or(c.field = '{f}') AS has_{i}, any_value(c.new_value) FILTER (WHERE c.field = '{f}') AS v_{i}"
+                          for i, f in enumerate(CONTACT_FIELDS))
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE _hist_wide AS
+            SELECT cu.rowid AS rid, {flags}, max(CAST(c.changed_at AS TIMESTAMP)) AS ts
+            FROM customers cu JOIN _hist_in c ON c.customer_id = cu.customer_id
+            GROUP BY cu.rowid
         """)
+        sets = ", ".join(
+            f"{f} = CASE WHEN w.has_{i} THEN "
+            f"{'TRY_CAST(w.v_' + str(i) + ' AS DATE)' if f == 'birth_date' else 'CAST(w.v_' + str(i) + ' AS VARCHAR)'} "
+            f"ELSE customers.{f} END" for i, f in enumerate(CONTACT_FIELDS))
+        con.execute(f"""
+            UPDATE customers SET {sets}, updated_at = greatest(coalesce(customers.updated_at, w.ts), w.ts)
+            FROM _hist_wide w WHERE customers.rowid = w.rid
+        """)
+        con.execute("DROP TABLE _hist_wide")
         con.execute(f"""
             INSERT INTO consents (customer_id, channel, opted_in, updated_at, source, source_key, sha256)
             SELECT customer_id, substr(field, {len(CONSENT_PREFIX) + 1}),
