@@ -45,17 +45,27 @@ def current_consents(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     return con.execute(CURRENT_CONSENTS_SQL + " ORDER BY customer_id, channel").df()
 
 
-#: SQL of the current consent state (one row per customer_id, channel).
-CURRENT_CONSENTS_SQL = """
+def current_consents_sql(table: str = "consents", where: str | None = None) -> str:
+    """SQL of the current consent state (one row per customer_id, channel) of ``table``.
+
+    ``where``: an extra condition on the consent rows (e.g. some customers only).
+    Columns ``customer_id, channel, opted_in, updated_at, source``.
+    """
+    extra = f"({where}) AND " if where else ""
+    return f"""
     SELECT customer_id, channel,
            arg_max(opted_in, (coalesce(updated_at, TIMESTAMP '1900-01-01'), NOT opted_in)) AS opted_in,
            max(updated_at) AS updated_at,
            -- source as the last tie-break: two sources stating the same consent at the same
            -- time gave one or the other from run to run (the « rempli par canal » KPI moved)
            arg_max(source, (coalesce(updated_at, TIMESTAMP '1900-01-01'), NOT opted_in, source)) AS source
-    FROM consents WHERE customer_id IS NOT NULL AND channel IS NOT NULL AND opted_in IS NOT NULL
+    FROM {table} WHERE {extra}customer_id IS NOT NULL AND channel IS NOT NULL AND opted_in IS NOT NULL
     GROUP BY customer_id, channel
 """
+
+
+#: SQL of the current consent state (one row per customer_id, channel).
+CURRENT_CONSENTS_SQL = current_consents_sql()
 
 
 def _next_seq(con: duckdb.DuckDBPyConnection) -> int:
@@ -114,17 +124,25 @@ def apply_changes(con: duckdb.DuckDBPyConnection, changes: pd.DataFrame, *, run_
                    item
             FROM _hist_in
         """, [run_id, base])
-        for f in CONTACT_FIELDS:
-            cast = "TRY_CAST(c.new_value AS DATE)" if f == "birth_date" else "CAST(c.new_value AS VARCHAR)"
-            con.execute(f"""
-                UPDATE customers SET {f} = {cast}
-                FROM _hist_in c WHERE c.field = '{f}' AND c.customer_id = customers.customer_id
-            """)
-        con.execute("""
-            UPDATE customers SET updated_at = greatest(coalesce(customers.updated_at, u.ts), u.ts)
-            FROM (SELECT customer_id, max(CAST(changed_at AS TIMESTAMP)) AS ts FROM _hist_in GROUP BY customer_id) u
-            WHERE u.customer_id = customers.customer_id
+        # one wide row per changed customer, applied by rowid in one UPDATE (an UPDATE
+        # joined on the ids per field took 1 to 2 s each at scale 185)
+        flags = ", ".join(f"bool_or(c.field = '{f}') AS has_{i}, any_value(c.new_value) FILTER (WHERE c.field = '{f}') AS v_{i}"
+                          for i, f in enumerate(CONTACT_FIELDS))
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE _hist_wide AS
+            SELECT cu.rowid AS rid, {flags}, max(CAST(c.changed_at AS TIMESTAMP)) AS ts
+            FROM customers cu JOIN _hist_in c ON c.customer_id = cu.customer_id
+            GROUP BY cu.rowid
         """)
+        sets = ", ".join(
+            f"{f} = CASE WHEN w.has_{i} THEN "
+            f"{'TRY_CAST(w.v_' + str(i) + ' AS DATE)' if f == 'birth_date' else 'CAST(w.v_' + str(i) + ' AS VARCHAR)'} "
+            f"ELSE customers.{f} END" for i, f in enumerate(CONTACT_FIELDS))
+        con.execute(f"""
+            UPDATE customers SET {sets}, updated_at = greatest(coalesce(customers.updated_at, w.ts), w.ts)
+            FROM _hist_wide w WHERE customers.rowid = w.rid
+        """)
+        con.execute("DROP TABLE _hist_wide")
         con.execute(f"""
             INSERT INTO consents (customer_id, channel, opted_in, updated_at, source, source_key, sha256)
             SELECT customer_id, substr(field, {len(CONSENT_PREFIX) + 1}),
@@ -153,16 +171,19 @@ def current_values(con: duckdb.DuckDBPyConnection, customer_ids: list[str] | Non
         ``customer_id, field, value`` (text; consents ``'true'``/``'false'``), blanks
         omitted, sorted.
     """
+    # the customers asked for are selected in each part (filtering the union afterwards
+    # computed the consent state of every customer: 3 s per call at scale 185)
+    only = "" if customer_ids is None else "customer_id IN (SELECT customer_id FROM _cv_ids)"
     parts = [f"SELECT customer_id, '{f}' AS field, CAST({f} AS VARCHAR) AS value FROM customers WHERE {f} IS NOT NULL"
-             for f in CONTACT_FIELDS]
-    parts.append(f"SELECT customer_id, '{CONSENT_PREFIX}' || channel, CAST(opted_in AS VARCHAR) FROM ({CURRENT_CONSENTS_SQL})")
+             + (f" AND {only}" if only else "") for f in CONTACT_FIELDS]
+    parts.append(f"SELECT customer_id, '{CONSENT_PREFIX}' || channel, CAST(opted_in AS VARCHAR) "
+                 f"FROM ({current_consents_sql(where=only or None)})")
     sql = " UNION ALL ".join(parts)
     if customer_ids is None:
         return con.execute(f"SELECT * FROM ({sql}) ORDER BY customer_id, field").df()
     con.register("_cv_ids", pd.DataFrame({"customer_id": list(customer_ids)}, dtype=object))
     try:
-        return con.execute(f"SELECT * FROM ({sql}) WHERE customer_id IN (SELECT customer_id FROM _cv_ids) "
-                           "ORDER BY customer_id, field").df()
+        return con.execute(f"SELECT * FROM ({sql}) ORDER BY customer_id, field").df()
     finally:
         con.unregister("_cv_ids")
 
