@@ -117,6 +117,39 @@ def test_items_new_changed_and_known_values(tmp_path):
     con.execute("ROLLBACK")
 
 
+def test_items_compare_with_every_record_of_the_customer(tmp_path):
+    """A value held by any record of the customer is no item; a field held by another record makes a change."""
+    path = tmp_path / "entrants.csv"
+    path.write_text(HEADER + "I1,2025-05-01 10:00,web,marie.d@exemple.fr,Marie,Dupont,0612345678,,,,\n"
+                    "I2,2025-05-02 11:00,web,marie.dupont@gmail.com,Marie,Dupont,0677777777,,,,\n", encoding="utf-8")
+    con = _base(tmp_path)
+    con.execute("""INSERT INTO source_customers (source, source_key, first_name, last_name, email, phone) VALUES
+        ('magasin', 'M9', 'Marie', 'Dupont', 'marie.d@exemple.fr', NULL)""")
+    con.execute("INSERT INTO customer_links VALUES ('magasin', 'M9', 'C1', 'single', NULL, NULL)")
+    con.execute("BEGIN")
+    collecter.collect(con, _params(path))
+    items = con.execute("SELECT interaction_id, customer_id, field, new_value, change FROM _col_items ORDER BY 1, 3").df()
+    assert items.values.tolist() == [["I2", "C1", "phone", "+33677777777", "changed"]]
+    con.execute("ROLLBACK")
+
+
+def test_unknown_contacts_chained_by_email_and_phone_are_one_prospect(tmp_path):
+    """Same e-mail, then same phone and last name: the three contacts are one person, keyed by the smallest id."""
+    path = tmp_path / "entrants.csv"
+    path.write_text(HEADER + "K3,2025-05-03 10:00,web,luc.morel@exemple.fr,Luc,Morel,,,,,\n"
+                    "K2,2025-05-02 10:00,email,luc.morel@exemple.fr,Luc,Morel,0655555555,,,,\n"
+                    "K5,2025-05-05 10:00,telephone,,Luc,MOREL,06 55 55 55 55,,,,\n"
+                    "K4,2025-05-04 10:00,telephone,,Lea,Petit,0655555555,,,,\n", encoding="utf-8")
+    con = _base(tmp_path)
+    con.execute("BEGIN")
+    collecter.collect(con, _params(path))
+    ids = con.execute("SELECT interaction_id, customer_id FROM interactions").df().set_index("interaction_id")["customer_id"]
+    assert ids["K2"] == ids["K3"] == ids["K5"] != ids["K4"]  # another last name on the same phone: another person
+    rec = con.execute("SELECT source_key FROM source_customers WHERE source = 'entrants' ORDER BY 1").df()
+    assert rec["source_key"].tolist() == ["K2", "K4"]
+    con.execute("ROLLBACK")
+
+
 def test_keep_text_true_keeps_the_message(tmp_path):
     path = tmp_path / "entrants.csv"
     path.write_text(HEADER + GOOD, encoding="utf-8")

@@ -293,15 +293,20 @@ def match(con: duckdb.DuckDBPyConnection, p: dict) -> None:
     region = p["collect_region"]
     normalize_customers(con, "_col_new", default_region=region, out="_col_norm")
     normalize_customers(con, "source_customers", default_region=region, out="_col_ref0")
+    # only the columns matching and the data items read (the normalised table is wide)
     con.execute("""CREATE OR REPLACE TEMP TABLE _col_ref AS
-                   SELECT r.*, l.customer_id FROM _col_ref0 r JOIN customer_links l USING (source, source_key)""")
+                   SELECT l.customer_id, r.email_strict, r.phone_e164, r.fn, r.ln, r.email_clean, r.address_norm,
+                          r.postal_code, r.city_norm
+                   FROM _col_ref0 r JOIN customer_links l USING (source, source_key)""")
+    con.execute("DROP TABLE _col_ref0")
     fl = identity._first_level_sql("n.fn", "r.fn")  # step 01's name levels (same SQL as the linker)
     fl_x = identity._first_level_sql("n.fn", "r.ln")
     ll = identity._last_level_sql("n.ln", "r.ln")
     ll_x = identity._last_level_sql("n.ln", "r.fn")
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _col_cand AS
-        WITH fe AS (SELECT email_strict AS v FROM _col_ref WHERE email_strict IS NOT NULL
+        WITH fe AS (SELECT email_strict AS v FROM _col_ref
+                    WHERE email_strict IN (SELECT email_strict FROM _col_norm WHERE email_strict IS NOT NULL)
                     GROUP BY 1 HAVING count(DISTINCT customer_id) > 5),
         k AS (
             SELECT c.interaction_id, l.customer_id, 'key' AS rule, 0 AS o
@@ -326,17 +331,7 @@ def match(con: duckdb.DuckDBPyConnection, p: dict) -> None:
         QUALIFY row_number() OVER (PARTITION BY interaction_id ORDER BY o) = 1
     """)
     # unknown people: cluster their contacts (same e-mail, or same phone and last name), one prospect each
-    unknown = con.execute("""
-        SELECT n.source_key AS interaction_id, n.source, n.email_strict, n.phone_e164, n.ln_phon, n.fn, n.ln
-        FROM _col_norm n ANTI JOIN _col_cand c ON c.interaction_id = n.source_key
-        WHERE n.email_strict IS NOT NULL OR n.phone_e164 IS NOT NULL
-        ORDER BY n.source_key
-    """).df()
-    labels = _clusters(unknown)
-    unknown = unknown.assign(_root=labels)
-    roots = unknown.groupby("_root").agg(source=("source", "first"), source_key=("interaction_id", "min")).reset_index()
-    unknown = unknown.merge(roots.rename(columns={"source": "p_source", "source_key": "p_key"}), on="_root")
-    register_frame(con, "_col_unknown", unknown[["interaction_id", "p_source", "p_key"]])
+    _cluster_unknown(con)
     try:
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE _col_prospects AS
@@ -369,7 +364,7 @@ def match(con: duckdb.DuckDBPyConnection, p: dict) -> None:
             LEFT JOIN _col_prospects pr ON pr.source = u.p_source AND pr.source_key = u.p_key
         """)
     finally:
-        con.unregister("_col_unknown")
+        con.execute("DROP TABLE IF EXISTS _col_unknown")
     con.execute("""
         INSERT INTO source_customers (source, source_key, first_name, last_name, email, phone, address, postal_code,
                                       city, country, created_at, updated_at, sha256, row_number)
@@ -386,23 +381,49 @@ def match(con: duckdb.DuckDBPyConnection, p: dict) -> None:
     """, [region])
 
 
-def _clusters(unknown: pd.DataFrame) -> np.ndarray:
-    """Label the connected components of unknown contacts linked by same e-mail or same phone + phonetic last name."""
-    n = len(unknown)
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    frame = unknown.reset_index(drop=True)
-    # string dtype: a column that is NULL for every contact (no phone at all) comes back untyped
-    frame = frame.assign(**{c: frame[c].astype("string") for c in ("email_strict", "phone_e164", "ln_phon")})
-    keys = pd.concat([
-        pd.DataFrame({"i": frame.index, "k": "e:" + frame["email_strict"]}).dropna(),
-        pd.DataFrame({"i": frame.index, "k": "p:" + frame["phone_e164"] + "|" + frame["ln_phon"].fillna("")}).dropna(),
-        pd.DataFrame({"i": frame.index, "k": "self:" + frame.index.astype(str)}),
-    ], ignore_index=True)
-    first = keys.groupby("k")["i"].transform("min")
-    graph = coo_matrix((np.ones(len(keys)), (keys["i"].astype(int).to_numpy(), first.astype(int).to_numpy())), shape=(n, n))
-    _, labels = connected_components(graph, directed=False)
-    return labels
+def _cluster_unknown(con: duckdb.DuckDBPyConnection) -> None:
+    """TEMP table ``_col_unknown(interaction_id, p_source, p_key)``: each unknown contact and its prospect.
+
+    Unknown contacts (in ``_col_norm``, not in ``_col_cand``, with an e-mail or a phone)
+    linked by the same e-mail or the same phone and phonetic last name form one person
+    (connected components); the person's record is keyed by the smallest interaction id
+    of its contacts (``p_key``), in the source of that contact (``p_source``). Edges are
+    built in SQL (each contact to the first contact sharing a key), only the components
+    in scipy.
+    """
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _col_unk AS
+        SELECT CAST(row_number() OVER (ORDER BY n.source_key) - 1 AS BIGINT) AS i, n.source_key AS interaction_id,
+               n.source, n.email_strict, n.phone_e164, n.ln_phon
+        FROM _col_norm n ANTI JOIN _col_cand c ON c.interaction_id = n.source_key
+        WHERE n.email_strict IS NOT NULL OR n.phone_e164 IS NOT NULL
+    """)
+    try:
+        n = con.execute("SELECT count(*) FROM _col_unk").fetchone()[0]
+        edges = con.execute("""
+            WITH k AS (
+                SELECT i, 'e:' || email_strict AS k FROM _col_unk WHERE email_strict IS NOT NULL
+                UNION ALL
+                SELECT i, 'p:' || phone_e164 || '|' || coalesce(ln_phon, '') FROM _col_unk WHERE phone_e164 IS NOT NULL
+            )
+            SELECT i, min(i) OVER (PARTITION BY k) AS j FROM k
+        """).fetchnumpy()
+        i, j = np.asarray(edges["i"], dtype=np.int64), np.asarray(edges["j"], dtype=np.int64)
+        graph = coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n))
+        labels = connected_components(graph, directed=False)[1] if n else np.zeros(0, dtype=np.int64)
+        register_frame(con, "_col_labels", pd.DataFrame({"i": np.arange(n, dtype=np.int64),
+                                                         "label": np.asarray(labels, dtype=np.int64)}))
+        try:
+            con.execute("""
+                CREATE OR REPLACE TEMP TABLE _col_unknown AS
+                WITH l AS (SELECT u.i, u.interaction_id, u.source, f.label FROM _col_unk u JOIN _col_labels f USING (i)),
+                r AS (SELECT label, arg_min(source, i) AS p_source, min(interaction_id) AS p_key FROM l GROUP BY label)
+                SELECT l.interaction_id, r.p_source, r.p_key FROM l JOIN r USING (label)
+            """)
+        finally:
+            con.unregister("_col_labels")
+    finally:
+        con.execute("DROP TABLE IF EXISTS _col_unk")
 
 
 # --------------------------------------------------------------------------- writing
@@ -421,35 +442,46 @@ def write(con: duckdb.DuckDBPyConnection, p: dict) -> None:
     con.execute("""INSERT INTO interaction_scores (interaction_id, score_type, score)
                    SELECT interaction_id, x.score_type, x.score FROM (SELECT interaction_id, UNNEST(scores) AS x FROM _col_matched)
                    ORDER BY interaction_id, x.score_type""")
+    # one row per contacted customer with the values of its records (lists per field), then one
+    # pass per field: no unpivot of the records (a few million rows at scale) and no DISTINCT
     con.execute("""
         CREATE OR REPLACE TEMP TABLE _col_items AS
         WITH n AS (
             SELECT m.interaction_id, m.customer_id, m.channel, m.source, m.ts, m.rule,
                    x.email_clean AS email, x.phone_e164 AS phone, x.address_norm AS address, x.postal_code, x.city_norm AS city,
-                   x.email_clean AS email_v, x.phone_e164 AS phone_v, m.address AS address_v, x.postal_code AS postal_code_v,
-                   m.city AS city_v
+                   m.address AS address_v, m.city AS city_v
             FROM _col_matched m JOIN _col_norm x ON x.source_key = m.interaction_id
             WHERE m.customer_id IS NOT NULL
-        ), nl AS (
-            SELECT n.interaction_id, n.customer_id, n.channel, n.source, n.ts, n.rule, f.field, f.val, f.shown
-            FROM n, LATERAL (VALUES ('email', n.email, n.email_v), ('phone', n.phone, n.phone_v),
-                                    ('address', n.address, n.address_v),
-                                    ('postal_code', n.postal_code, n.postal_code_v),
-                                    ('city', n.city, n.city_v)) f(field, val, shown)
-            WHERE f.val IS NOT NULL
-        ), known AS (  -- the values the records of the contacted customers hold, one row per value
-            SELECT DISTINCT r.customer_id, f.field, f.val
-            FROM (SELECT * FROM _col_ref WHERE customer_id IN (SELECT customer_id FROM n)) r,
-            LATERAL (VALUES ('email', r.email_clean), ('phone', r.phone_e164), ('address', r.address_norm),
-                            ('postal_code', r.postal_code), ('city', r.city_norm)) f(field, val)
-            WHERE f.val IS NOT NULL
-        ), has AS (
-            SELECT DISTINCT customer_id, field FROM known
+        ), kc AS (
+            SELECT customer_id,
+                   list(email_clean) FILTER (WHERE email_clean IS NOT NULL) AS k_email,
+                   list(phone_e164) FILTER (WHERE phone_e164 IS NOT NULL) AS k_phone,
+                   list(address_norm) FILTER (WHERE address_norm IS NOT NULL) AS k_address,
+                   list(postal_code) FILTER (WHERE postal_code IS NOT NULL) AS k_postal_code,
+                   list(city_norm) FILTER (WHERE city_norm IS NOT NULL) AS k_city
+            FROM _col_ref WHERE customer_id IN (SELECT customer_id FROM n) GROUP BY 1
+        ), j AS (
+            SELECT n.*, kc.* EXCLUDE (customer_id) FROM n LEFT JOIN kc USING (customer_id)
         )
-        SELECT nl.interaction_id, nl.customer_id, nl.channel, nl.source, nl.ts, nl.rule, nl.field,
-               nl.shown AS new_value, CASE WHEN h.customer_id IS NULL THEN 'new' ELSE 'changed' END AS change
-        FROM nl LEFT JOIN has h ON h.customer_id = nl.customer_id AND h.field = nl.field
-        ANTI JOIN known k ON k.customer_id = nl.customer_id AND k.field = nl.field AND k.val = nl.val
+        SELECT interaction_id, customer_id, channel, source, ts, rule, 'email' AS field, email AS new_value,
+               CASE WHEN k_email IS NULL THEN 'new' ELSE 'changed' END AS change
+        FROM j WHERE email IS NOT NULL AND NOT coalesce(list_contains(k_email, email), false)
+        UNION ALL
+        SELECT interaction_id, customer_id, channel, source, ts, rule, 'phone', phone,
+               CASE WHEN k_phone IS NULL THEN 'new' ELSE 'changed' END
+        FROM j WHERE phone IS NOT NULL AND NOT coalesce(list_contains(k_phone, phone), false)
+        UNION ALL
+        SELECT interaction_id, customer_id, channel, source, ts, rule, 'address', address_v,
+               CASE WHEN k_address IS NULL THEN 'new' ELSE 'changed' END
+        FROM j WHERE address IS NOT NULL AND NOT coalesce(list_contains(k_address, address), false)
+        UNION ALL
+        SELECT interaction_id, customer_id, channel, source, ts, rule, 'postal_code', postal_code,
+               CASE WHEN k_postal_code IS NULL THEN 'new' ELSE 'changed' END
+        FROM j WHERE postal_code IS NOT NULL AND NOT coalesce(list_contains(k_postal_code, postal_code), false)
+        UNION ALL
+        SELECT interaction_id, customer_id, channel, source, ts, rule, 'city', city_v,
+               CASE WHEN k_city IS NULL THEN 'new' ELSE 'changed' END
+        FROM j WHERE city IS NOT NULL AND NOT coalesce(list_contains(k_city, city), false)
     """)
     con.execute("""
         INSERT INTO contact_history (customer_id, field, old_value, new_value, channel, source, changed_at, run_id)
