@@ -89,7 +89,52 @@ chiffres avant → après mesurés sur cette machine.
 14. **Étape 03** : segments RFM de toutes les dates de campagne en une passe, membres du plan lus pour les
     seuls clients ciblés, types de téléphone vectorisés : 102,6 s → 24,7 s (tables identiques).
 
+Sessions du 1ᵉʳ et du 2 décembre (chiffres de l'échelle 185, ~10 M achats ; machine chargée, temps CPU
+donnés quand l'écart de charge rend le temps écoulé trompeur) :
+
+15. **Étapes sans transaction englobante** : l'étape écrit en autocommit derrière une copie de la base
+    (`<base>.avant-etape`, remise en place si l'étape échoue ou est interrompue) ; DuckDB lisait deux fois
+    plus lentement les tables créées dans une transaction non validée (notation de 7,3 M paires : 48 s →
+    23 s) et la validation finale de l'étape 01 coûtait 29 s : étape 01 384 s → 277 s.
+16. **Rapprochement** : distance d'édition ≤ 1 tranchée par un comptage de Hamming à longueurs égales,
+    fréquences des noms, dates, codes postaux et villes jointes une fois par fiche ; e-mails et adresses
+    normalisés en SQL (texte ASCII imprimable ; le reste en Python, tests de propriétés) ; grille de seuils
+    regroupée à partir d'une seule lecture des arêtes, contrôles du garde-fou partagés entre seuils ; fiche
+    maîtresse sans tri par champ. Table de liens identique à l'échelle 10.
+17. **`clv.summary` et `calibration_holdout`** lus par Arrow (aucun objet Python par identifiant) :
+    10 M transactions 5,3 s → 3,9 s.
+18. **Chargeur** : nombres simples lus par un seul `TRY_CAST` avant les expressions régulières ; l'étape 01
+    écrit les tables canoniques à partir des lignes classées, sans copie intermédiaire ; recherche des
+    octets de contrôle par `bytes.translate` (58 → 18 ms par bloc de 16 Mio).
+19. **Réattribution des identifiants** (`carry_over_ids`) : un `UPDATE … FROM` joint sur les clés écrit les
+    lignes de la table la plus petite dans le désordre, ce que DuckDB fait lentement ; ces tables passent
+    par leur `rowid` (`db.update_by_rowid`) : 633 k contacts de campagne 20 s → 0,8 s, 32,6 s → 13,6 s.
+20. **Étape 05** : règle des nouvelles personnes par taille de groupe (un comptage par fiche inconnue,
+    quadratique) ; provenance en une passe pour tous les champs ; rattachement des achats par `rowid`
+    (16 s → 0,4 s) ; état des consentements avant le lot limité aux clients du lot ; valeurs courantes,
+    rang de confiance et registre `feed_items` construits dans DuckDB ; une seule mise à jour large par
+    `rowid` des champs de contact : `feed` 191 s → 121 s (CPU 191 → 120 s), `fill_by_channel` 22 → 16 s.
+21. **Étape 04** : données apportées par contact vérifiées contre une ligne par client (au lieu d'un
+    dépivotage de 3,3 M valeurs : 10,3 s → 2,4 s) ; contacts inconnus reliés en SQL : `collect` 65–76 s →
+    54–57 s. Essayé et retiré : ne normaliser que les fiches joignables (49 % des fiches, le filtre coûte
+    8 s : plus lent au total).
+22. **Mémoire** : plafond `auto` de DuckDB 3 → 2 Gio ; étape 01 à l'échelle 185 : même temps CPU (201 s),
+    pic du noyau 3,9 → 3,0 Go (1,5 Gio : 193 s, 2,4 Go).
+
 **Défauts trouvés en mesurant**
+
+- **Identifiants clients trop courts** : `'C'` + 10 chiffres hexadécimaux de md5 (40 bits) donnaient environ
+  0,6 collision attendue à 1,1 M clients, soit deux personnes fusionnées sans avertissement. Ils ont
+  maintenant 16 chiffres (64 bits : probabilité < 3·10⁻⁶ à 10 M clients), une seule fonction (Python et
+  SQL) les calcule pour les étapes 01, 04 et 05, l'étape 01 vérifie leur unicité et la réattribution
+  reconnaît encore les identifiants à 10 chiffres des bases existantes. Coût mesuré : ~20 % de plus sur un
+  `GROUP BY customer_id` de 10 M lignes (DuckDB ne range plus en ligne les textes de plus de 12 octets).
+- La barre de progression de DuckDB, annoncée désactivée par un commit, ne l'était plus (le changement
+  s'était perdu) : plus d'une centaine de sorties de widgets par étape à 10 M achats.
+- **Plantages intermittents de DuckDB 1.5.6** pendant le chargement : 2 exécutions sur une dizaine de
+  l'étape 04 à l'échelle 185 ont perdu leur noyau (erreur de segmentation dans `_duckdb.so`, même
+  adresse), avec l'ancien code comme avec le nouveau ; la base est remise en l'état d'avant l'étape et
+  l'étape peut être relancée.
 
 - **Blocage des notebooks (cause trouvée)** : pris sur le fait dans le test du notebook 02 – le noyau avait
   exécuté 24 cellules (la 24ᵉ affiche un widget), restait inactif, répondait aussitôt à un second client et
