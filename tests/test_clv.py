@@ -438,3 +438,36 @@ def test_customer_value_predicts_once_per_distinct_history(cdnow):
     disc = clv.discounted_purchases(bg, ch, 3, clv.monthly_rate(0.10))
     np.testing.assert_array_equal(values["clv"].to_numpy(),
                                   0.30 * clv.expected_spend(cdnow["gg"], ch["frequency"], ch["monetary"]) * disc)
+
+
+def test_purchase_fit_retries_a_looser_tolerance_when_bfgs_stops_on_a_flat_optimum(cdnow, monkeypatch):
+    """lifetimes raises when BFGS reports precision loss; the next tolerance is tried (kept in Fit.tol)."""
+    import lifetimes
+
+    real_fit = lifetimes.BetaGeoFitter.fit
+    tols = []
+
+    def flaky_fit(self, *args, tol=1e-7, **kwargs):
+        tols.append(tol)
+        if tol < 1e-6:
+            raise lifetimes.utils.ConvergenceError("precision loss")
+        return real_fit(self, *args, tol=tol, **kwargs)
+
+    monkeypatch.setattr(lifetimes.BetaGeoFitter, "fit", flaky_fit)
+    fit = clv.fit_purchases(cdnow["calhold"], "bgnbd", columns=("frequency_cal", "recency_cal", "T_cal"))
+    assert tols == [1e-7, 1e-6] and fit.tol == 1e-6
+    # same maximum as the fit at the default tolerance
+    for k, v in cdnow["bg"].params.items():
+        assert fit.params[k] == pytest.approx(v, rel=1e-3)
+
+
+def test_purchase_fit_that_never_converges_says_what_to_try(cdnow, monkeypatch):
+    import lifetimes
+
+    def never(self, *args, **kwargs):
+        raise lifetimes.utils.ConvergenceError("precision loss")
+
+    monkeypatch.setattr(lifetimes.BetaGeoFitter, "fit", never)
+    with pytest.raises(InputError, match="n'a pas convergé") as err:
+        clv.fit_purchases(cdnow["calhold"], "bgnbd", columns=("frequency_cal", "recency_cal", "T_cal"))
+    assert err.value.column == "penalizer"

@@ -295,6 +295,8 @@ class Fit:
     standard_errors : dict
         Standard errors from the Hessian (empty for Pareto/NBD, fitted without Hessian).
     time_unit : str
+    tol : float
+        Optimizer tolerance that converged (see :data:`FIT_TOLERANCES`).
     """
 
     model: str
@@ -307,6 +309,7 @@ class Fit:
     seconds: float
     standard_errors: dict = field(default_factory=dict)
     time_unit: str = "week"
+    tol: float = 1e-7
 
     def rows(self, prefix: str = "") -> list[tuple[str, str, float]]:
         """(model, param, value) rows: parameters, standard errors and diagnostics."""
@@ -333,6 +336,14 @@ def _require(frame: pd.DataFrame, columns: list[str], what: str) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise CheckError(f"{what} : colonnes manquantes {missing} (présentes : {list(frame.columns)})")
+
+
+#: Tolerances tried in turn by :func:`fit_purchases` (BG/NBD, MBG/NBD). When nobody seems to drop out, the
+#: BG/NBD likelihood is flat towards a -> 0, b -> infinity: BFGS then stops with
+#: "precision loss" at a gradient of 1e-8 and lifetimes raises, although the likelihood is
+#: at its maximum (Online Retail's calibration period on an Intel Xeon: -0.4014517894 at
+#: 1e-7 failed, -0.4014517838 at 1e-6 converged; on an AMD EPYC 1e-7 converged).
+FIT_TOLERANCES = (1e-7, 1e-6, 1e-5)
 
 
 def fit_purchases(
@@ -378,19 +389,24 @@ def fit_purchases(
     w = rows["weights"].to_numpy(dtype=np.int64)
     lt = _lifetimes()
     cls = {"bgnbd": lt.BetaGeoFitter, "pareto": lt.ParetoNBDFitter, "mbgnbd": lt.ModifiedBetaGeoFitter}[model]
-    fitter = cls(penalizer_coef=penalizer)
     kwargs = {"initial_params": np.ones(4), "iterative_fitting": 1} if model == "pareto" else {}
     t0 = time.perf_counter()
     converged = True
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        try:
-            fitter.fit(freq, rec, T, weights=w, **kwargs)
-        except lt.utils.ConvergenceError as exc:
-            raise InputError(
-                f"Le modèle {MODEL_FR[model]} n'a pas convergé sur ces données", column="penalizer",
-                hint="Essayez un penalizer de 0,001 à 0,1 ou un autre modèle (clv_model)",
-            ) from exc
+        # Pareto/NBD keeps lifetimes' own Nelder-Mead tolerance (1e-4)
+        tolerances = FIT_TOLERANCES if model != "pareto" else (1e-4,)
+        for tol in tolerances:
+            fitter = cls(penalizer_coef=penalizer)
+            try:
+                fitter.fit(freq, rec, T, weights=w, tol=tol, **kwargs)
+                break
+            except lt.utils.ConvergenceError as exc:
+                if tol == tolerances[-1]:
+                    raise InputError(
+                        f"Le modèle {MODEL_FR[model]} n'a pas convergé sur ces données", column="penalizer",
+                        hint="Essayez un penalizer de 0,001 à 0,1 ou un autre modèle (clv_model)",
+                    ) from exc
     seconds = time.perf_counter() - t0
     params = {k: float(v) for k, v in fitter.params_.items()}
     if model == "pareto":
@@ -399,7 +415,7 @@ def fit_purchases(
     else:
         se = {k: float(v) for k, v in fitter.standard_errors_.items()}
     loglik = _loglik(fitter, model, params, freq, rec, T, w)
-    return Fit(model, fitter, params, loglik, int(w.sum()), len(rows), converged, seconds, se, time_unit)
+    return Fit(model, fitter, params, loglik, int(w.sum()), len(rows), converged, seconds, se, time_unit, tol)
 
 
 def _loglik(fitter, model: str, params: dict, freq, rec, T, w) -> float:
