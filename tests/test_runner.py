@@ -429,3 +429,33 @@ def test_socket_waits_are_sliced_so_a_missed_wakeup_cannot_hang_the_client(monke
         pass
     assert time.monotonic() - t0 >= 0.2 - 1e-3
     assert len(calls) >= 4 and all(c <= 0.05 + 1e-9 for c in calls)
+
+
+def test_a_kernel_that_dies_gets_one_retry(tmp_path, monkeypatch):
+    """A crashed kernel (DeadKernelError) runs the step once more, and says so; a second crash fails."""
+    from crmlab import runner
+
+    class DeadKernelError(RuntimeError):
+        pass
+
+    calls = []
+
+    def crash_once(pm, step, rp, out_nb, kernel_name, marks):
+        calls.append(step.code)
+        if len(calls) == 1:
+            raise DeadKernelError("Kernel died")
+
+    monkeypatch.setattr(runner, "_execute", crash_once)
+    step = Step("01", "constituer", "Constituer la base clients", tmp_path / "nb.ipynb", None)
+    res = runner.StepResult("01", "constituer", "Constituer la base clients")
+    runner._run_step(step, fake_run_params(tmp_path / "db.duckdb"), tmp_path, res, "crmlab")
+    assert calls == ["01", "01"] and res.status == "ok"
+    assert "arrêté brutalement" in res.retried
+
+    def always_crash(*args):
+        raise DeadKernelError("Kernel died")
+
+    monkeypatch.setattr(runner, "_execute", always_crash)
+    res = runner.StepResult("01", "constituer", "Constituer la base clients")
+    runner._run_step(step, fake_run_params(tmp_path / "db.duckdb"), tmp_path, res, "crmlab")
+    assert res.status == "failed" and res.error_type == "DeadKernelError"

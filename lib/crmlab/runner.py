@@ -485,12 +485,17 @@ def _run_step(step: Step, rp: params.RunParams, out_dir: Path, res: StepResult, 
                     with _kernel_env(), watch:
                         _execute(pm, step, rp, out_nb, kernel_name, marks)
                     break
-                except Exception:
-                    if not watch.stalled or attempt == 2:
+                except Exception as exc:
+                    # a kernel that died (e.g. the intermittent segmentation fault of DuckDB
+                    # 1.5.6 in StrpTimeFormat::Parse, seen once in about ten loads) gets the
+                    # same single retry as a stalled one
+                    died = type(exc).__name__ == "DeadKernelError"
+                    if not (watch.stalled or died) or attempt == 2:
                         raise
                     # the step died with its kernel: the next open_step puts the base back first
                     res.retried = (f"noyau resté inactif {STALL_SECONDS:.0f} s pendant une cellule : "
-                                   "étape relancée une fois")
+                                   "étape relancée une fois") if watch.stalled else \
+                        "noyau arrêté brutalement pendant une cellule : étape relancée une fois"
                     logging.getLogger("crmlab").warning("étape %s : %s", step.code, res.retried)
                     marks.clear()
                     t0 = time.perf_counter()
