@@ -6,7 +6,9 @@ Every measured case runs in its own subprocess so that its peak memory is its ow
   (the case and all its descendants, e.g. Jupyter kernels), sampled with psutil every
   ``SAMPLE_S`` seconds;
 * ``maxrss_mib``: the kernel's exact high-water mark of the largest single process of the
-  tree (``ru_maxrss`` from ``wait4``, which folds in reaped descendants);
+  tree (``ru_maxrss`` from ``wait4``, which folds in reaped descendants); 0 when it does
+  not exceed the measuring process's own peak, which Linux passes on to its children
+  (``make bench`` runs each benchmark's driver in its own small process for that reason);
 * ``peak_mib`` = max of the two (sampling may miss a short spike, ``ru_maxrss`` cannot see
   two processes at once).
 
@@ -25,6 +27,7 @@ import datetime as dt
 import json
 import os
 import platform
+import resource
 import signal
 import statistics
 import subprocess
@@ -198,6 +201,11 @@ def run_case(argv: list[str], *, timeout: float | None = None, cwd: str | Path |
         if line.startswith(MARK):
             result = json.loads(line[len(MARK):])
     maxrss = ru.ru_maxrss / 1024
+    # Linux carries the parent's high-water mark into a child through exec (signal->maxrss
+    # takes the pre-exec image's), so a child of a large driver reports at least the
+    # driver's size: ru_maxrss is only believed when it exceeds the driver's own peak
+    if maxrss <= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:
+        maxrss = 0.0
     extra = {"trace": samples} if trace else {}
     return extra | {
         "wall_s": round(wall, 3),

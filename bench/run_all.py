@@ -12,14 +12,11 @@ figures are not meant for RESULTS.md).
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_chain  # noqa: E402
-import bench_fit  # noqa: E402
-import bench_growth  # noqa: E402
-import bench_summary  # noqa: E402
 import common  # noqa: E402
 from common import fmt_mib, fmt_s, fr  # noqa: E402
 
@@ -150,17 +147,20 @@ donnés quand l'écart de charge rend le temps écoulé trompeur) :
 
 **Restants (cibles non atteintes)**
 
-- Résumé à 10 M transactions : **6,2×** lifetimes, pas 15×. Le plancher mesuré ici est l'agrégation à deux
-  niveaux de DuckDB (client × jour puis client) : ~1,1 s même avec des clés entières, plus ~0,3 s de
-  conversion pandas et ~0,4 s de tri par client, sur 2 cœurs ; lifetimes met ~15 s. Il faudrait ≤ 1,0 s.
-- Chaîne à 10 M transactions : **521 s et 7,1 Gio** (812 s et 7,6 Gio à la session précédente, 983 s
-  avant). Le tableau ci-dessus montre la mesure suivante, 724 s et 7,0 Gio, prise après les corrections
-  des étapes 02/04 alors qu'un `make run` tournait au début : chaque étape y est plus lente, y compris
-  celles qui n'avaient pas changé (03 : 20 → 31 s) ; sur cette machine partagée, l'écart entre deux
-  mesures d'une même chaîne est grand. Reste : étape 01 215 s (rapprochement de 1,58 M fiches 116 s, chargement 78 s), étape 05 140 s
-  (`feed` 110 s, dont les décisions champ par champ en pandas ; c'est aussi là que la mémoire culmine :
-  trames pandas d'objets texte de ~2 M valeurs candidates en plus des 3 Gio de DuckDB), étape 02 73 s,
-  étape 04 58 s (rapprochement des contacts entrants).
+- Résumé à 10 M transactions : **6,5×** lifetimes (2,9 s contre 19 s), pas 15×. Le plancher mesuré ici
+  est l'agrégation à deux niveaux de DuckDB (client × jour puis client) sur 2 cœurs, plus la conversion
+  vers pandas ; il faudrait ≤ 1,3 s.
+- Chaîne à 10 M transactions : **378 s et 4,9 Gio** (tableau ci-dessus, machine calme ; 724 s et 7,0 Gio
+  le 23 novembre, 983 s au départ) pour 300 s et 4 Gio visés. Par étape : 01 111 s (chargement 47 s,
+  rapprochement de 1,58 M fiches 58 s), 05 109 s (`feed` 83 s), 02 77 s, 04 38 s, 03 27 s, 06 13 s.
+  La mémoire culmine dans `feed` (étape 05) : trames pandas de 3,5 M valeurs candidates et de leurs
+  décisions en plus de DuckDB (plafonné à 2 Gio) ; passer sous 4 Gio demande de garder candidats et
+  décisions dans DuckDB de bout en bout. L'étape 02 relit quatre fois les 10 M achats (RFM à deux dates,
+  variables de comportement, résumé et calibration CLV), avec des `COUNT(DISTINCT)` de ~3,3 s CPU chacun :
+  un cumul client × jour partagé par ces calculs en ferait une seule lecture.
+- Les sommes de montants en `DOUBLE` agrégées en parallèle par DuckDB changent les derniers chiffres d'une
+  exécution à l'autre (paramètres Gamma-Gamma à 10⁻¹¹ près, segments identiques) ; une somme exacte
+  (`DECIMAL`) les figerait, au prix d'un changement unique des derniers chiffres : décision à prendre.
 - Précision du rapprochement à l'échelle 185 : 0,895 au seuil 0,90 (rappel 0,981) ; le monde de démo a
   un vocabulaire de noms et de villes fixe, donc bien plus d'homonymes par ville à 1,15 M personnes. Le
   poids a priori du modèle (fixe) devrait dépendre de la taille de la base.
@@ -171,17 +171,20 @@ TARGETS = {"summary_speedup": 15.0, "fit_1m_s": 10.0, "demo_s": 90.0, "large_s":
 def run(only: list[str], quick: bool, work: Path) -> None:
     """Measure the selected benchmarks (each saves its JSON)."""
     w = ["--work", str(work)] + (["--no-save"] if quick else [])
-    if "summary" in only:
-        bench_summary.main((["--sizes", "100000", "--runs", "1"] if quick else []) + w)
-    if "fit" in only:
-        bench_fit.main((["--customers", "10000", "--runs", "1", "--source-tx", "1000000"] if quick else []) + w)
-    if "growth" in only:
-        bench_growth.main((["--tx", "10000", "100000", "--records", "2000", "20000", "--runs", "1"] if quick else []) + w)
-    if "chain" in only:
+    argv = {
+        "summary": (["--sizes", "100000", "--runs", "1"] if quick else []) + w,
+        "fit": (["--customers", "10000", "--runs", "1", "--source-tx", "1000000"] if quick else []) + w,
+        "growth": (["--tx", "10000", "100000", "--records", "2000", "20000", "--runs", "1"] if quick else []) + w,
         # the 10 M chain is not profiled again (one more run of ~10 min): its time per step
         # and per cell comes from the measured run
-        bench_chain.main(["--cases", "demo", "--runs", "1", "--no-save"] if quick
-                         else ["--profile", "--profile-cases", "demo", "online_retail"])
+        "chain": ["--cases", "demo", "--runs", "1", "--no-save"] if quick
+        else ["--profile", "--profile-cases", "demo", "online_retail"],
+    }
+    for name in BENCHES:
+        if name in only:
+            # each driver in its own process: a child inherits its parent's memory high-water
+            # mark (see common.run_case), so the driver that measures must stay small
+            subprocess.run([common.PY, str(common.BENCH / f"bench_{name}.py"), *argv[name]], check=True)
 
 
 # --------------------------------------------------------------------------- rendering
