@@ -7,7 +7,7 @@ Every measured case runs in its own subprocess so that its peak memory is its ow
   ``SAMPLE_S`` seconds;
 * ``maxrss_mib``: the kernel's exact high-water mark of the largest single process of the
   tree (``ru_maxrss`` from ``wait4``, which folds in reaped descendants); 0 when it does
-  not exceed the measuring process's own peak, which Linux passes on to its children
+  not exceed the measuring process's size at fork, which Linux passes on to its children
   (``make bench`` runs each benchmark's driver in its own small process for that reason);
 * ``peak_mib`` = max of the two (sampling may miss a short spike, ``ru_maxrss`` cannot see
   two processes at once).
@@ -27,7 +27,6 @@ import datetime as dt
 import json
 import os
 import platform
-import resource
 import signal
 import statistics
 import subprocess
@@ -167,6 +166,7 @@ def run_case(argv: list[str], *, timeout: float | None = None, cwd: str | Path |
         returncode, timed_out, result`` (the case's JSON or None), ``stderr_tail``.
     """
     load_before = load1()
+    own_mib = psutil.Process().memory_info().rss / 2**20  # see the ru_maxrss note below
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(argv, stdout=out, stderr=err, cwd=cwd, env=env, start_new_session=True)
@@ -201,10 +201,10 @@ def run_case(argv: list[str], *, timeout: float | None = None, cwd: str | Path |
         if line.startswith(MARK):
             result = json.loads(line[len(MARK):])
     maxrss = ru.ru_maxrss / 1024
-    # Linux carries the parent's high-water mark into a child through exec (signal->maxrss
-    # takes the pre-exec image's), so a child of a large driver reports at least the
-    # driver's size: ru_maxrss is only believed when it exceeds the driver's own peak
-    if maxrss <= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:
+    # Linux carries the pre-exec image's high-water mark into the child (signal->maxrss), i.e.
+    # the driver's size when it forked: a child of a large driver reports at least that.
+    # ru_maxrss is only believed when it clearly exceeds it.
+    if maxrss <= own_mib + 16:
         maxrss = 0.0
     extra = {"trace": samples} if trace else {}
     return extra | {

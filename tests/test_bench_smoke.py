@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -83,7 +85,11 @@ def test_fit_grouped_equals_ungrouped(tmp_path, tiny_tx):
 
 def test_run_case_measures_and_times_out():
     code = f"import sys; sys.path.insert(0, {str(BENCH)!r}); import common; x = bytearray(50 * 2**20); common.emit({{'total_s': 0.5, 'ok': True}})"
-    r = common.run_case([common.PY, "-c", code])
+    # measured from a small driver process, as make bench does: a child reports at least its
+    # driver's size (Linux), so the pytest worker itself would hide a 50 MiB child
+    driver = (f"import sys, json; sys.path.insert(0, {str(BENCH)!r}); import common; "
+              f"print(json.dumps(common.run_case([common.PY, '-c', {code!r}])))")
+    r = json.loads(subprocess.run([common.PY, "-c", driver], capture_output=True, text=True, check=True).stdout)
     assert r["returncode"] == 0 and not r["timed_out"]
     assert r["result"] == {"total_s": 0.5, "ok": True}
     assert r["maxrss_mib"] >= 50 and r["peak_mib"] >= r["maxrss_mib"]
