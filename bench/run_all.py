@@ -128,10 +128,19 @@ donnés quand l'écart de charge rend le temps écoulé trompeur) :
   `GROUP BY customer_id` de 10 M lignes (DuckDB ne range plus en ligne les textes de plus de 12 octets).
 - La barre de progression de DuckDB, annoncée désactivée par un commit, ne l'était plus (le changement
   s'était perdu) : plus d'une centaine de sorties de widgets par étape à 10 M achats.
-- **Plantages intermittents de DuckDB 1.5.6** pendant le chargement : 2 exécutions sur une dizaine de
-  l'étape 04 à l'échelle 185 ont perdu leur noyau (erreur de segmentation dans `_duckdb.so`, même
-  adresse), avec l'ancien code comme avec le nouveau ; la base est remise en l'état d'avant l'étape et
-  l'étape peut être relancée.
+- **Plantages intermittents de DuckDB 1.5.6** pendant le chargement : trois erreurs de segmentation le
+  2 décembre (étape 01 de la démo, chargements de l'étape 04 à l'échelle 185), toujours dans
+  `StrpTimeFormat::Parse` (lecture hors du texte dans sa boucle d'espaces initiaux, duckdb#25082, corrigé
+  en amont) ; le déclencheur exact n'a pas été isolé. Le lanceur relance désormais une fois l'étape
+  dont le noyau meurt, après avoir remis la base en l'état, et le dit dans l'exécution.
+- **`params/online_retail.yaml` échouait à l'étape 02 sur cette machine** (Intel ; il passait sur
+  l'AMD du 23 novembre) : l'ajustement BG/NBD de la période de calibration s'arrêtait sur un optimum
+  plat (a → 0, gradient 10⁻⁸) avec « perte de précision », que lifetimes traite en échec. L'ajustement
+  réessaie aux tolérances 10⁻⁶ puis 10⁻⁵ (même vraisemblance à 10⁻⁸ près).
+- **Mémoire des benchmarks faussée** : Linux transmet au processus enfant la marque de mémoire haute de
+  son parent au moment du `exec` ; tous les cas lancés par un pilote de 1,2 Gio affichaient 1 218 Mio.
+  Chaque pilote tourne maintenant dans son propre processus et `ru_maxrss` n'est retenu que s'il dépasse
+  la taille du pilote.
 
 - **Blocage des notebooks (cause trouvée)** : pris sur le fait dans le test du notebook 02 – le noyau avait
   exécuté 24 cellules (la 24ᵉ affiche un widget), restait inactif, répondait aussitôt à un second client et
