@@ -130,8 +130,8 @@ donnés quand l'écart de charge rend le temps écoulé trompeur) :
   s'était perdu) : plus d'une centaine de sorties de widgets par étape à 10 M achats.
 - **Plantages intermittents de DuckDB 1.5.6** pendant le chargement : trois erreurs de segmentation le
   2 décembre (étape 01 de la démo, chargements de l'étape 04 à l'échelle 185), toujours dans
-  `StrpTimeFormat::Parse` (lecture hors du texte dans sa boucle d'espaces initiaux, duckdb#25082, corrigé
-  en amont) ; le déclencheur exact n'a pas été isolé. Le lanceur relance désormais une fois l'étape
+  `StrpTimeFormat::Parse`, dont la boucle d'espaces initiaux peut lire au-delà du texte (duckdb#25082,
+  clos en amont) ; la cause exacte et le déclencheur n'ont pas été isolés. Le lanceur relance désormais une fois l'étape
   dont le noyau meurt, après avoir remis la base en l'état, et le dit dans l'exécution.
 - **`params/online_retail.yaml` échouait à l'étape 02 sur cette machine** (Intel ; il passait sur
   l'AMD du 23 novembre) : l'ajustement BG/NBD de la période de calibration s'arrêtait sur un optimum
