@@ -401,10 +401,6 @@ def _items(frame: pd.DataFrame, source_col: str = "source") -> pd.Series:
                      index=frame.index, dtype=object)
 
 
-def _cid(source: str, key: str) -> str:
-    return identity.customer_id(source, key)
-
-
 def _norm_value(f: str, value: object, region: str, country: object = None) -> object:
     """Canonical form of a contact value as the golden record holds it (None when unusable)."""
     if value is None or (isinstance(value, float) and value != value) or value is pd.NA:
@@ -575,10 +571,9 @@ def attach_keys(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     union = " UNION ".join(
         f"SELECT DISTINCT {s} AS source, {k} AS source_key FROM {t} WHERE customer_id IS NULL AND {k} IS NOT NULL"
         for t, s, k in KEY_REFERENCES)
-    missing = con.execute(f"SELECT u.* FROM ({union}) u ANTI JOIN customer_links l USING (source, source_key) "
-                          "ORDER BY 1, 2").df()
+    missing = con.execute(f"SELECT u.*, {identity.customer_id_sql('u.source', 'u.source_key')} AS customer_id "
+                          f"FROM ({union}) u ANTI JOIN customer_links l USING (source, source_key) ORDER BY 1, 2").df()
     if len(missing):
-        missing["customer_id"] = [_cid(s, k) for s, k in zip(missing["source"], missing["source_key"], strict=True)]
         con.register("_ak", missing)
         try:
             con.execute("""INSERT INTO source_customers (source, source_key)

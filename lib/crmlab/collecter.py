@@ -429,6 +429,17 @@ def _cluster_unknown(con: duckdb.DuckDBPyConnection) -> None:
 # --------------------------------------------------------------------------- writing
 
 
+#: Data items of a contact: (field, value written when it is new, the records' normalised
+#: column it is compared with). The comparison uses the contact's normalised form (``n.<field>``).
+ITEM_FIELDS = (
+    ("email", "email", "email_clean"),
+    ("phone", "phone", "phone_e164"),
+    ("address", "address_v", "address_norm"),
+    ("postal_code", "postal_code", "postal_code"),
+    ("city", "city_v", "city_norm"),
+)
+
+
 def write(con: duckdb.DuckDBPyConnection, p: dict) -> None:
     """Write ``_col_matched`` to ``interactions`` (its scores to ``interaction_scores``), fields brought and consents.
 
@@ -444,7 +455,13 @@ def write(con: duckdb.DuckDBPyConnection, p: dict) -> None:
                    ORDER BY interaction_id, x.score_type""")
     # one row per contacted customer with the values of its records (lists per field), then one
     # pass per field: no unpivot of the records (a few million rows at scale) and no DISTINCT
-    con.execute("""
+    lists = ",\n                   ".join(
+        f"list({ref}) FILTER (WHERE {ref} IS NOT NULL) AS k_{f}" for f, _v, ref in ITEM_FIELDS)
+    per_field = "\n        UNION ALL\n".join(
+        f"""SELECT interaction_id, customer_id, channel, source, ts, rule, '{f}' AS field, {v} AS new_value,
+               CASE WHEN k_{f} IS NULL THEN 'new' ELSE 'changed' END AS change
+        FROM j WHERE {f} IS NOT NULL AND NOT coalesce(list_contains(k_{f}, {f}), false)""" for f, v, _ref in ITEM_FIELDS)
+    con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _col_items AS
         WITH n AS (
             SELECT m.interaction_id, m.customer_id, m.channel, m.source, m.ts, m.rule,
@@ -454,34 +471,12 @@ def write(con: duckdb.DuckDBPyConnection, p: dict) -> None:
             WHERE m.customer_id IS NOT NULL
         ), kc AS (
             SELECT customer_id,
-                   list(email_clean) FILTER (WHERE email_clean IS NOT NULL) AS k_email,
-                   list(phone_e164) FILTER (WHERE phone_e164 IS NOT NULL) AS k_phone,
-                   list(address_norm) FILTER (WHERE address_norm IS NOT NULL) AS k_address,
-                   list(postal_code) FILTER (WHERE postal_code IS NOT NULL) AS k_postal_code,
-                   list(city_norm) FILTER (WHERE city_norm IS NOT NULL) AS k_city
+                   {lists}
             FROM _col_ref WHERE customer_id IN (SELECT customer_id FROM n) GROUP BY 1
         ), j AS (
             SELECT n.*, kc.* EXCLUDE (customer_id) FROM n LEFT JOIN kc USING (customer_id)
         )
-        SELECT interaction_id, customer_id, channel, source, ts, rule, 'email' AS field, email AS new_value,
-               CASE WHEN k_email IS NULL THEN 'new' ELSE 'changed' END AS change
-        FROM j WHERE email IS NOT NULL AND NOT coalesce(list_contains(k_email, email), false)
-        UNION ALL
-        SELECT interaction_id, customer_id, channel, source, ts, rule, 'phone', phone,
-               CASE WHEN k_phone IS NULL THEN 'new' ELSE 'changed' END
-        FROM j WHERE phone IS NOT NULL AND NOT coalesce(list_contains(k_phone, phone), false)
-        UNION ALL
-        SELECT interaction_id, customer_id, channel, source, ts, rule, 'address', address_v,
-               CASE WHEN k_address IS NULL THEN 'new' ELSE 'changed' END
-        FROM j WHERE address IS NOT NULL AND NOT coalesce(list_contains(k_address, address), false)
-        UNION ALL
-        SELECT interaction_id, customer_id, channel, source, ts, rule, 'postal_code', postal_code,
-               CASE WHEN k_postal_code IS NULL THEN 'new' ELSE 'changed' END
-        FROM j WHERE postal_code IS NOT NULL AND NOT coalesce(list_contains(k_postal_code, postal_code), false)
-        UNION ALL
-        SELECT interaction_id, customer_id, channel, source, ts, rule, 'city', city_v,
-               CASE WHEN k_city IS NULL THEN 'new' ELSE 'changed' END
-        FROM j WHERE city IS NOT NULL AND NOT coalesce(list_contains(k_city, city), false)
+        {per_field}
     """)
     con.execute("""
         INSERT INTO contact_history (customer_id, field, old_value, new_value, channel, source, changed_at, run_id)
