@@ -169,6 +169,50 @@ def test_grouped_gamma_gamma_equals_ungrouped():
         assert g.params[k] == pytest.approx(u.params[k], rel=1e-4)
 
 
+@pytest.mark.parametrize("penalizer", [0.0, 0.05])
+def test_written_out_likelihoods_equal_lifetimes_autograd(penalizer):
+    # value and gradient of the fast fitters against lifetimes' own function and autograd
+    from autograd import value_and_grad
+
+    lt = clv._lifetimes()
+    data = synthetic_summary()
+    rows = clv.group_rows(data, ["frequency", "recency", "T"])
+    bg = (rows["frequency"].to_numpy(np.int64), rows["recency"].to_numpy(float), rows["T"].to_numpy(float),
+          rows["weights"].to_numpy(np.int64), penalizer)
+    spend = clv.group_rows(data[data["frequency"] > 0], ["frequency", "monetary"])
+    gg = (spend["frequency"].to_numpy(float), spend["monetary"].to_numpy(float), spend["weights"].to_numpy(np.int64), penalizer)
+    rng = np.random.default_rng(3)
+    for ours, theirs, args, n in [(clv.bgnbd_value_and_grad, lt.BetaGeoFitter._negative_log_likelihood, bg, 4),
+                                  (clv.gamma_gamma_value_and_grad, lt.GammaGammaFitter._negative_log_likelihood, gg, 3)]:
+        f = ours(*args)
+        for _ in range(5):
+            x = rng.normal(0, 1, n)
+            v1, g1 = f(x)
+            v2, g2 = value_and_grad(theirs)(x, *args)
+            assert v1 == pytest.approx(v2, rel=1e-12)
+            np.testing.assert_allclose(g1, g2, rtol=1e-9, atol=1e-12)
+
+
+def test_fast_fitters_reach_lifetimes_optimum_and_standard_errors():
+    lt = clv._lifetimes()
+    data = synthetic_summary()
+    fit = clv.fit_purchases(data, "bgnbd", grouped=False)
+    ref = lt.BetaGeoFitter().fit(data["frequency"], data["recency"], data["T"])
+    assert type(fit.fitter).__name__ == "FastBetaGeoFitter"
+    for k in ref.params_.index:
+        assert fit.params[k] == pytest.approx(ref.params_[k], rel=1e-8), k
+        assert fit.standard_errors[k] == pytest.approx(ref.standard_errors_[k], rel=1e-6), k
+    spend = clv.fit_spend(data, grouped=False)
+    repeat = data[data["frequency"] > 0]
+    gref = lt.GammaGammaFitter().fit(repeat["frequency"], repeat["monetary"])
+    for k in gref.params_.index:
+        assert spend.params[k] == pytest.approx(gref.params_[k], rel=1e-8), k
+        assert spend.standard_errors[k] == pytest.approx(gref.standard_errors_[k], rel=1e-5), k
+    # the fitted object is lifetimes' own for everything after the minimisation
+    np.testing.assert_allclose(fit.fitter.conditional_probability_alive(3, 20.0, 39.0),
+                               ref.conditional_probability_alive(3, 20.0, 39.0), rtol=1e-7)
+
+
 def test_unknown_model_is_a_french_input_error():
     with pytest.raises(InputError, match="Modèle de CLV inconnu"):
         clv.fit_purchases(synthetic_summary(50), "nbd")

@@ -4,7 +4,10 @@ The per-customer summaries (frequency, recency, T, monetary) are computed in Duc
 from ``transactions`` with the definitions of ``lifetimes.utils.summary_data_from_transaction_data``
 (``freq="D"``), so the same code scales to millions of customers and does not depend on
 lifetimes' pandas helpers (which break on pandas 3). ``lifetimes`` only fits the models,
-on rows grouped by identical (frequency, recency, T) with its ``weights`` argument.
+on rows grouped by identical (frequency, recency, T) with its ``weights`` argument; for
+BG/NBD and Gamma-Gamma its fitters minimise a written-out gradient of their own
+likelihood (:func:`bgnbd_value_and_grad`) instead of autograd's (same optimum, 4 to 7
+times faster at a million customers).
 
 Conventions (the same as Fader, Hardie & Lee 2005 and lifetimes):
 
@@ -71,6 +74,161 @@ def _lifetimes():
         if before is not None:
             pd.set_option("mode.chained_assignment", before)
     return lifetimes
+
+
+#: Step of the central differences of the analytic gradient that give the Hessian of the
+#: fast fitters (log parameters); truncation and rounding errors are both near 1e-10.
+HESSIAN_STEP = 1e-5
+
+
+def bgnbd_value_and_grad(freq, rec, T, weights, penalizer: float = 0.0):
+    """BG/NBD negative log-likelihood of lifetimes and its gradient, written out.
+
+    The same function as ``lifetimes.BetaGeoFitter._negative_log_likelihood`` (mean over
+    the weighted rows, in log parameters ``log r, log alpha, log a, log b``, plus the
+    L2 penalty), with the gradient derived by hand instead of autograd's tape: the
+    log-gamma and digamma terms depend on the frequency alone and are computed once per
+    distinct frequency (a few hundred values for a million rows). At a million
+    customers the fit is several times faster, for the same optimum.
+
+    Parameters
+    ----------
+    freq, rec, T, weights : array_like
+        Frequency (int), recency and age in lifetimes' scaled time, row weights.
+
+    Returns
+    -------
+    callable
+        ``f(log_params) -> (value, gradient)`` for ``scipy.optimize.minimize(jac=True)``.
+    """
+    from scipy.special import digamma, gammaln
+
+    freq = np.asarray(freq, dtype=np.int64)
+    rec = np.asarray(rec, dtype=float)
+    T = np.asarray(T, dtype=float)
+    w = np.asarray(weights, dtype=float)
+    ux, inv = np.unique(freq, return_inverse=True)
+    uxf = ux.astype(float)
+    wu = np.bincount(inv, weights=w, minlength=len(ux))  # weight per distinct frequency
+    total = w.sum()
+    rx0 = freq.astype(float)
+    pos = freq > 0
+    bshift = np.maximum(uxf, 1) - 1  # b + max(x, 1) - 1
+
+    def f(log_params):
+        params = np.exp(log_params)
+        r, alpha, a, b = params
+        # terms of the distinct frequencies
+        a1 = gammaln(r + uxf) - gammaln(r) + r * np.log(alpha)
+        a2 = gammaln(a + b) + gammaln(b + uxf) - gammaln(b) - gammaln(a + b + uxf)
+        lb = np.log(b + bshift)
+        # terms of the rows
+        rx = r + rx0
+        l3 = np.log(alpha + T)
+        l4 = np.log(rec + alpha)
+        A3 = -rx * l3
+        A4 = (np.log(a) - lb)[inv] - rx * l4
+        m = np.where(pos, np.maximum(A3, A4), A3)
+        e3 = np.exp(A3 - m)
+        e4 = np.where(pos, np.exp(A4 - m), 0.0)
+        s = e3 + e4
+        ll = (a1 + a2) @ wu + w @ (np.log(s) + m)
+        value = -ll / total + penalizer * float(np.sum(params ** 2))
+        s3 = w * (e3 / s)
+        s4 = w * (e4 / s)
+        s4u = np.bincount(inv, weights=s4, minlength=len(ux))
+        d_r = (digamma(r + uxf) - digamma(r) + np.log(alpha)) @ wu - s3 @ l3 - s4 @ l4
+        d_alpha = r / alpha * total - s3 @ (rx / (alpha + T)) - s4 @ (rx / (rec + alpha))
+        d_a = (digamma(a + b) - digamma(a + b + uxf)) @ wu + s4u.sum() / a
+        d_b = (digamma(a + b) + digamma(b + uxf) - digamma(b) - digamma(a + b + uxf)) @ wu - s4u @ (1.0 / (b + bshift))
+        grad = -np.array([d_r, d_alpha, d_a, d_b]) / total + 2.0 * penalizer * params
+        return value, grad * params
+
+    return f
+
+
+def gamma_gamma_value_and_grad(freq, mon, weights, penalizer: float = 0.0):
+    """Gamma-Gamma negative log-likelihood of lifetimes and its gradient, written out.
+
+    The same function as ``lifetimes.GammaGammaFitter._negative_log_likelihood`` (log
+    parameters ``log p, log q, log v``); see :func:`bgnbd_value_and_grad`.
+    """
+    from scipy.special import digamma, gammaln
+
+    x = np.asarray(freq, dtype=float)
+    m = np.asarray(mon, dtype=float)
+    w = np.asarray(weights, dtype=float)
+    ux, inv = np.unique(x, return_inverse=True)
+    wu = np.bincount(inv, weights=w, minlength=len(ux))
+    total = w.sum()
+    const = w @ ((x * np.log(m)) + x * np.log(x))  # per p: sum w x (log m + log x)
+    logm_w = w @ np.log(m)
+    wx = w * x
+
+    def f(log_params):
+        params = np.exp(log_params)
+        p, q, v = params
+        px = p * ux
+        lxmv = np.log(x * m + v)
+        ll = ((gammaln(px + q) - gammaln(px)) @ wu - total * gammaln(q) + total * q * np.log(v)
+              + p * const - logm_w - (p * x + q) @ (w * lxmv))
+        value = -ll / total + penalizer * float(np.sum(params ** 2))
+        dpsi = digamma(px + q)
+        d_p = (ux * (dpsi - digamma(px))) @ wu + const - wx @ lxmv
+        d_q = dpsi @ wu - total * digamma(q) + total * np.log(v) - w @ lxmv
+        d_v = total * q / v - (p * x + q) @ (w / (x * m + v))
+        grad = -np.array([d_p, d_q, d_v]) / total + 2.0 * penalizer * params
+        return value, grad * params
+
+    return f
+
+
+def _hessian(f, x: np.ndarray, step: float = HESSIAN_STEP) -> np.ndarray:
+    """Hessian of ``f``'s value by central differences of its analytic gradient (symmetrised)."""
+    n = len(x)
+    h = np.empty((n, n))
+    for j in range(n):
+        e = np.zeros(n)
+        e[j] = step
+        h[:, j] = (f(x + e)[1] - f(x - e)[1]) / (2 * step)
+    return (h + h.T) / 2
+
+
+def _fast_fit(self, args, initial_params, params_size, disp, tol=1e-7, bounds=None, **kwargs):
+    """``lifetimes.BaseFitter._fit`` with the written-out likelihood gradient (same minimiser, start and tolerance)."""
+    from scipy.optimize import minimize
+
+    from threadpoolctl import threadpool_limits
+
+    f = self._value_and_grad(*args)
+    x0 = 0.1 * np.ones(params_size) if initial_params is None else initial_params
+    # one BLAS thread: the dot products over a million rows took 20 times longer with
+    # OpenBLAS' threads on a busy 2-core machine (17 ms instead of 0.8 ms each)
+    with threadpool_limits(1, user_api="blas"):
+        out = minimize(f, jac=True, method=None, tol=tol, x0=x0, options={"disp": disp, **kwargs}, bounds=bounds)
+        if not out.success:
+            raise _lifetimes().utils.ConvergenceError("The model did not converge. Try adding a larger penalizer.")
+        return out.x, out.fun, _hessian(f, out.x)
+
+
+_FAST: dict = {}
+
+
+def _fast_fitters() -> dict:
+    """lifetimes' BG/NBD and Gamma-Gamma fitters whose fit uses the written-out gradients.
+
+    Subclasses created on first use (importing lifetimes takes two seconds): everything but
+    the minimisation – time scaling, parameters, standard errors, predictions – is
+    lifetimes' own code.
+    """
+    if not _FAST:
+        lt = _lifetimes()
+        _FAST["bgnbd"] = type("FastBetaGeoFitter", (lt.BetaGeoFitter,), {
+            "_fit": _fast_fit, "_value_and_grad": staticmethod(bgnbd_value_and_grad), "__module__": __name__})
+        _FAST["gamma_gamma"] = type("FastGammaGammaFitter", (lt.GammaGammaFitter,), {
+            "_fit": _fast_fit, "_value_and_grad": staticmethod(gamma_gamma_value_and_grad), "__module__": __name__})
+    return _FAST
+
 
 
 # --------------------------------------------------------------------------- dates
@@ -388,7 +546,8 @@ def fit_purchases(
     T = rows["T"].to_numpy(dtype=float)
     w = rows["weights"].to_numpy(dtype=np.int64)
     lt = _lifetimes()
-    cls = {"bgnbd": lt.BetaGeoFitter, "pareto": lt.ParetoNBDFitter, "mbgnbd": lt.ModifiedBetaGeoFitter}[model]
+    # BG/NBD: lifetimes' fitter with the written-out gradient (same optimum, several times faster)
+    cls = {"bgnbd": _fast_fitters()["bgnbd"], "pareto": lt.ParetoNBDFitter, "mbgnbd": lt.ModifiedBetaGeoFitter}[model]
     kwargs = {"initial_params": np.ones(4), "iterative_fitting": 1} if model == "pareto" else {}
     t0 = time.perf_counter()
     converged = True
@@ -459,7 +618,7 @@ def fit_spend(
         )
     rows = group_rows(frame, ["frequency", "monetary"]) if grouped else frame.assign(weights=1)
     lt = _lifetimes()
-    fitter = lt.GammaGammaFitter(penalizer_coef=penalizer)
+    fitter = _fast_fitters()["gamma_gamma"](penalizer_coef=penalizer)
     freq = rows["frequency"].to_numpy(dtype=float)
     mon = rows["monetary"].to_numpy(dtype=float)
     w = rows["weights"].to_numpy(dtype=np.int64)
