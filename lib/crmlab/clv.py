@@ -197,7 +197,6 @@ def _hessian(f, x: np.ndarray, step: float = HESSIAN_STEP) -> np.ndarray:
 def _fast_fit(self, args, initial_params, params_size, disp, tol=1e-7, bounds=None, **kwargs):
     """``lifetimes.BaseFitter._fit`` with the written-out likelihood gradient (same minimiser, start and tolerance)."""
     from scipy.optimize import minimize
-
     from threadpoolctl import threadpool_limits
 
     f = self._value_and_grad(*args)
@@ -215,7 +214,7 @@ _FAST: dict = {}
 
 
 def _fast_fitters() -> dict:
-    """lifetimes' BG/NBD and Gamma-Gamma fitters whose fit uses the written-out gradients.
+    """BG/NBD and Gamma-Gamma fitters of lifetimes whose fit uses the written-out gradients.
 
     Subclasses created on first use (importing lifetimes takes two seconds): everything but
     the minimisation – time scaling, parameters, standard errors, predictions – is
