@@ -169,6 +169,10 @@ def test_snapshot_checks_and_kpis(tmp_path):
     t = segmenter.ranking(c)
     mig = segmenter.migration(con, p, c)
     assert mig["counts"].to_numpy().sum() == len(c)
+    # the notebook passes the earlier segments computed at the start of the step: same result
+    early = segmenter.migration(con, p, c, segmenter.segments_before(con, p))
+    pd.testing.assert_frame_equal(early["counts"], mig["counts"])
+    pd.testing.assert_frame_equal(early["flows"], mig["flows"])
     camp, cont = segmenter.plan_targets(con, p, c)
     for _ in range(2):  # replacing the snapshot of the same as_of
         assert segmenter.write_snapshot(con, c, as_of=p.as_of, run_id="r1") == len(c)

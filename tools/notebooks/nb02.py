@@ -75,6 +75,7 @@ _RFM = [
     code("""
         display(show.bullets(segmenter.definitions(p)))
         rfm_df = segmenter.customers_rfm(con, p)
+        segments_avant = segmenter.segments_before(con, p)  # pour la section 5
     """),
     md("""
         ### Lire la grille récence × fréquence
@@ -166,12 +167,12 @@ _MIGRATION = [
         ## 5. Les mouvements entre segments
 
         Les segments d'aujourd'hui sont comparés à ceux d'il y a quelques mois (paramètre `comparison_months`),
-        calculés avec les mêmes définitions sur les achats connus à cette date. Chaque ligne se lit : « parmi les
+        calculés avec les mêmes définitions sur les achats connus à cette date (`segments_avant`, en section 1). Chaque ligne se lit : « parmi les
         clients qui étaient dans ce segment, quelle part est aujourd'hui dans chaque segment ? ». La ligne
         « Pas encore client » montre où arrivent les nouveaux clients.
     """),
     code("""
-        mouvements = segmenter.migration(con, p, clients)
+        mouvements = segmenter.migration(con, p, clients, segments_avant)
         segmenter.chart_migration(mouvements, p.comparison_months)
     """),
     code("""
