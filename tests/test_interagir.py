@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from crmlab import db, exports, interagir, normalize, uplift
-from crmlab.errors import ParamsError
+from crmlab.errors import CheckError, ParamsError
 
 COSTS = {"email": 0.05, "sms": 0.10, "courrier": 1.20, "telephone": 4.00}
 
@@ -151,6 +151,23 @@ def test_store_plan_and_exports_end_to_end(tmp_path):
     assert got.columns.tolist() == ["campagne", "offre", "id_client", "prenom", "telephone"]
     assert got.values.tolist() == [["P-sms", "'-10 %", "a", "'=Eve", "06 12 34 56 78"]]
     interagir.check_output(con, p, files)
+    # the checks catch a control member or a customer without a current opt-in in a file
+    path = Path(p["out_dir"]) / "exports" / "P-sms.csv"
+    good = path.read_bytes()
+    for extra, message in (("d", "groupe témoin"), ("b", "sans consentement"), ("z", "sans consentement")):
+        path.write_bytes(good + f"P-sms;-10 %;{extra};X;06 12 34 56 79\r\n".encode())
+        with pytest.raises(CheckError, match=message):
+            interagir.check_output(con, p, files)
+    path.write_bytes(good)
+    # a treated customer whose current consent is not an opt-in: a later opt-out, an opt-out on the same
+    # date (an opt-out wins a tie), a later record without answer; an undated opt-out is the oldest record
+    con.execute("INSERT INTO consents (customer_id, channel, opted_in, updated_at) VALUES ('a', 'sms', false, NULL)")
+    interagir.check_output(con, p, files)
+    for opted_in, at in (("false", "'2024-03-01'"), ("false", "'2024-01-01'"), ("NULL", "'2024-03-01'")):
+        con.execute(f"INSERT INTO consents (customer_id, channel, opted_in, updated_at, source) VALUES ('a', 'sms', {opted_in}, {at}, 'tmp')")
+        with pytest.raises(CheckError, match="a consenti"):
+            interagir.check_output(con, p, files)
+        con.execute("DELETE FROM consents WHERE source = 'tmp'")
     con.execute("ROLLBACK")
 
 

@@ -371,10 +371,7 @@ def plan_members(con: duckdb.DuckDBPyConnection, p: dict, targets: pd.DataFrame,
                 FROM campaign_contacts cc JOIN _plan_ids USING (campaign_id)
                 WHERE cc.customer_id IS NOT NULL GROUP BY ALL
             ), cur AS (  -- current consent of each member per channel (see exports.current_consents)
-                SELECT customer_id, channel, opted_in FROM consents
-                WHERE customer_id IN (SELECT customer_id FROM m) AND channel IS NOT NULL AND opted_in IS NOT NULL
-                QUALIFY row_number() OVER (PARTITION BY customer_id, channel
-                                           ORDER BY updated_at DESC NULLS LAST, opted_in ASC) = 1
+                {_current_consents_sql("customer_id IN (SELECT customer_id FROM m)")}
             ), c AS (
                 SELECT customer_id, {flags} FROM cur GROUP BY customer_id
             ), r AS (
@@ -399,15 +396,23 @@ def plan_members(con: duckdb.DuckDBPyConnection, p: dict, targets: pd.DataFrame,
     return out[cols]
 
 
-def _customers_of(con: duckdb.DuckDBPyConnection, ids: pd.Series, fields: list[str]) -> pd.DataFrame:
-    """Rows of ``customers`` (``customer_id`` and ``fields``) whose id is in ``ids``."""
-    register_frame(con, "_cust_ids", pd.DataFrame({"customer_id": pd.Series(ids, dtype=object).dropna().astype(str)
-                                                   .drop_duplicates().to_numpy(dtype=object)}))
-    try:
-        return con.execute(f"""SELECT customer_id, {', '.join(fields)} FROM customers
-                               WHERE customer_id IN (SELECT customer_id FROM _cust_ids)""").df()
-    finally:
-        con.unregister("_cust_ids")
+def _current_consents_sql(where: str = "true", pairs: str | None = None) -> str:
+    """Return the SQL of the current consent of each customer × channel: ``customer_id, channel, opted_in``.
+
+    Same rows as :func:`crmlab.exports.current_consents` (records with a customer, a
+    channel and an ``opted_in``; the latest ``updated_at`` wins, undated records are the
+    oldest, an opt-out wins a tie) as one aggregate instead of a window over ``consents``.
+    ``where`` restricts the records (SQL condition on ``consents``), ``pairs`` (SQL of a
+    relation ``customer_id, channel``) to these customer × channel pairs.
+    """
+    only = f"SEMI JOIN ({pairs}) _pairs USING (customer_id, channel)" if pairs else ""
+    return f"""SELECT customer_id, channel,
+                      arg_max(opted_in, {{'dated': updated_at IS NOT NULL,
+                                         'at': coalesce(updated_at, TIMESTAMP '0001-01-01'),
+                                         'out': NOT opted_in}}) AS opted_in
+               FROM consents {only}
+               WHERE customer_id IS NOT NULL AND channel IS NOT NULL AND opted_in IS NOT NULL AND ({where})
+               GROUP BY customer_id, channel"""
 
 
 def reach_mask(customers: pd.DataFrame, channel: str, region: str = "FR") -> np.ndarray:
@@ -646,9 +651,18 @@ def export_plan(con: duckdb.DuckDBPyConnection, contacts: pd.DataFrame, p: dict,
         for f in folder.iterdir():
             if f.suffix in (".csv", ".xlsx") and any(f.name.startswith(par + "-") for par in parents):
                 f.unlink()
-    treated = contacts.loc[contacts["grp"] == "treatment", "customer_id"]
-    cust = _customers_of(con, treated, ["first_name", "last_name", "email", "phone", "address", "postal_code", "city"])
-    return exports.write_exports(contacts, cust, exports.current_consents(con, treated), folder, p["export_format"], region)
+    treated = contacts.loc[contacts["grp"] == "treatment", ["customer_id", "channel"]].astype(object).drop_duplicates()
+    register_frame(con, "_exp_pairs", treated)
+    try:
+        cust = con.execute("""SELECT customer_id, first_name, last_name, email, phone, address, postal_code, city
+                              FROM customers WHERE customer_id IN (SELECT customer_id FROM _exp_pairs)""").df()
+        # the export keeps a treated contact whose current consent to the file's channel is an opt-in: the rows of
+        # exports.current_consents(con, treated) with such a pair and opted_in true (the other rows are never read)
+        consents = con.execute(f"""SELECT * FROM ({_current_consents_sql(pairs="SELECT customer_id, channel FROM _exp_pairs")})
+                                   WHERE opted_in ORDER BY customer_id, channel""").df()
+    finally:
+        con.unregister("_exp_pairs")
+    return exports.write_exports(contacts, cust, consents, folder, p["export_format"], region)
 
 
 def exports_display(files: pd.DataFrame):
@@ -862,12 +876,21 @@ def check_output(con: duckdb.DuckDBPyConnection, p: dict, files: pd.DataFrame) -
     mine = "SELECT * FROM campaigns WHERE status = 'planned' AND source = 'interagir'"
     check(con, f"SELECT campaign_id FROM ({mine}) WHERE channel IS NULL OR cost_per_contact IS NULL",
           "chaque campagne prévue a un canal et un coût")
-    check(con, f"""SELECT cc.campaign_id, cc.customer_id FROM campaign_contacts cc JOIN ({mine}) c USING (campaign_id)
-                   WHERE cc.grp = 'treatment' AND NOT EXISTS (
-                       SELECT 1 FROM consents s WHERE s.customer_id = cc.customer_id AND s.channel = c.channel
-                       QUALIFY row_number() OVER (PARTITION BY s.customer_id, s.channel
-                                                  ORDER BY s.updated_at DESC NULLS LAST, s.opted_in ASC) = 1
-                       AND s.opted_in)""",
+    # the first record of each customer × channel (latest updated_at, undated last; false, true, then NULL
+    # opted_in first on a tie) must be an opt-in: one aggregate over the treated customers' records
+    check(con, f"""WITH t AS (
+                       SELECT cc.campaign_id, cc.customer_id, c.channel FROM campaign_contacts cc JOIN ({mine}) c USING (campaign_id)
+                       WHERE cc.grp = 'treatment'
+                   ), s AS (
+                       SELECT customer_id, channel,
+                              max({{'dated': updated_at IS NOT NULL, 'at': coalesce(updated_at, TIMESTAMP '0001-01-01'),
+                                    'opt': CASE WHEN opted_in IS NULL THEN 0 WHEN opted_in THEN 1 ELSE 2 END}}) AS k
+                       FROM consents SEMI JOIN t USING (customer_id, channel)
+                       GROUP BY customer_id, channel
+                   )
+                   SELECT t.campaign_id, t.customer_id FROM t
+                   LEFT JOIN s ON s.customer_id = t.customer_id AND s.channel = t.channel
+                   WHERE s.k.opt IS DISTINCT FROM 1""",
           "chaque client ciblé a consenti au canal de sa campagne")
     check(con, f"""SELECT cc.campaign_id, cc.customer_id FROM campaign_contacts cc JOIN ({mine}) c USING (campaign_id)
                    GROUP BY ALL HAVING count(DISTINCT cc.grp) > 1 OR count(*) > 1""",
@@ -878,22 +901,41 @@ def check_output(con: duckdb.DuckDBPyConnection, p: dict, files: pd.DataFrame) -
                        HAVING sum(c.cost_per_contact) > {float(p['budget'])} + 1e-6""",
               "le coût du plan respecte le budget")
     folder = output_dir(p) / "exports"
-    ctrl = set(con.execute(f"""SELECT cc.customer_id FROM campaign_contacts cc JOIN ({mine}) c USING (campaign_id)
-                               WHERE cc.grp = 'control'""").df()["customer_id"].to_numpy(dtype=object))
     read = {f.file: exports.read_export(folder / f.file) for f in files.itertuples(index=False)}
-    ids_of = {name: set(rows["id_client"].to_numpy(dtype=object)) if len(rows) else set() for name, rows in read.items()}
-    consents = exports.current_consents(con, pd.Series(list(set().union(*ids_of.values())), dtype=object))
+    # ids of every file, then per file: distinct ids of a control group, distinct ids without a current opt-in
+    in_files = pd.DataFrame({
+        "file": np.concatenate([np.full(len(rows), name, dtype=object) for name, rows in read.items() if len(rows)] or
+                               [np.zeros(0, dtype=object)]),
+        "customer_id": np.concatenate([rows["id_client"].to_numpy(dtype=object) for rows in read.values() if len(rows)] or
+                                      [np.zeros(0, dtype=object)]),
+    })
+    in_files = in_files.merge(files[["file", "channel"]].astype(object), on="file", how="left")
+    register_frame(con, "_chk_files", in_files)
+    try:
+        counts = con.execute(f"""
+            WITH f AS (SELECT DISTINCT file, channel, customer_id FROM _chk_files),
+            ctrl AS (SELECT DISTINCT cc.customer_id FROM campaign_contacts cc JOIN ({mine}) c USING (campaign_id)
+                     WHERE cc.grp = 'control'),
+            ok AS ({_current_consents_sql(pairs="SELECT customer_id, channel FROM f")})
+            SELECT f.file, count(*) FILTER (WHERE k.customer_id IS NOT NULL) AS n_control,
+                   count(*) FILTER (WHERE NOT coalesce(ok.opted_in, false)) AS n_no_consent
+            FROM f LEFT JOIN ctrl k ON k.customer_id = f.customer_id
+            LEFT JOIN ok ON ok.customer_id = f.customer_id AND ok.channel = f.channel
+            GROUP BY f.file
+        """).df().set_index("file")
+    finally:
+        con.unregister("_chk_files")
     for f in files.itertuples(index=False):
-        ids = ids_of[f.file]
-        if ids & ctrl:
+        n_control = int(counts["n_control"].get(f.file, 0))
+        if n_control:
             from crmlab.errors import CheckError
 
-            raise CheckError(f"Contrôle échoué : le fichier {f.file} contient {len(ids & ctrl)} membre(s) d'un groupe témoin")
-        ok = set(consents.loc[(consents["channel"] == f.channel) & consents["opted_in"], "customer_id"].to_numpy(dtype=object))
-        if ids - ok:
+            raise CheckError(f"Contrôle échoué : le fichier {f.file} contient {n_control} membre(s) d'un groupe témoin")
+        n_no_consent = int(counts["n_no_consent"].get(f.file, 0))
+        if n_no_consent:
             from crmlab.errors import CheckError
 
-            raise CheckError(f"Contrôle échoué : le fichier {f.file} contient {len(ids - ok)} client(s) sans consentement")
+            raise CheckError(f"Contrôle échoué : le fichier {f.file} contient {n_no_consent} client(s) sans consentement")
 
 
 def _sql_str(text: str) -> str:
