@@ -117,6 +117,23 @@ donnés quand l'écart de charge rend le temps écoulé trompeur) :
     8 s : plus lent au total).
 22. **Mémoire** : plafond `auto` de DuckDB 3 → 2 Gio ; étape 01 à l'échelle 185 : même temps CPU (201 s),
     pic du noyau 3,9 → 3,0 Go (1,5 Gio : 193 s, 2,4 Go).
+23. **Ajustements BG/NBD et Gamma-Gamma** (session 6) : lifetimes dérive sa vraisemblance avec autograd,
+    qui enregistre chaque opération sur les ~700 k profils à chaque évaluation. Les classes de lifetimes
+    sont gardées (mise à l'échelle, paramètres, erreurs types, prédictions) ; seule la minimisation passe
+    par un gradient écrit à la main (termes log-gamma et digamma calculés une fois par fréquence distincte)
+    et un hessien par différences centrales de ce gradient. Même optimum : paramètres à 10⁻¹³ près,
+    erreurs types à 10⁻⁹ (tests contre autograd et contre les classes de lifetimes). BG/NBD sur 694 709
+    profils (1 M clients) : 8,6 s → 1,3 s (CPU 5,0 → 1,2 s). Un seul fil BLAS pendant l'ajustement : avec
+    les fils d'OpenBLAS, chaque produit scalaire de 700 k valeurs prenait 17 ms au lieu de 0,8 ms sur la
+    machine chargée.
+24. **Mémoire de l'étape 02** : les segments d'il y a `comparison_months` mois (`segments_before`) sont
+    calculés juste après ceux d'aujourd'hui, quand peu de données sont en mémoire. Les deux comptages
+    distincts de la requête RFM prennent ~1,8 Go dans DuckDB à 10 M achats ; lancés dans `migration`, après
+    les tableaux de la CLV (noyau à 1,95 Go), ils faisaient le pic de l'étape : arbre de processus 4 364 Mio
+    → 3 137 Mio à l'échelle 185.
+25. **Étape 03** (aide) : consentement courant par un seul agrégat `arg_max` au lieu d'une fenêtre ;
+    l'export ne lit que les opt-in des paires client × canal traitées ; contrôles de sortie en jointures
+    SQL : `check_output` 4,9 → 2,9 s CPU, lecture des consentements de l'export 2,5 → 1,2 s CPU.
 
 **Défauts trouvés en mesurant**
 
@@ -137,6 +154,12 @@ donnés quand l'écart de charge rend le temps écoulé trompeur) :
   l'AMD du 23 novembre) : l'ajustement BG/NBD de la période de calibration s'arrêtait sur un optimum
   plat (a → 0, gradient 10⁻⁸) avec « perte de précision », que lifetimes traite en échec. L'ajustement
   réessaie aux tolérances 10⁻⁶ puis 10⁻⁵ (même vraisemblance à 10⁻⁸ près).
+- **Sommes non reproductibles** (session 6) : DuckDB additionne les lignes d'un client dans un ordre qui
+  dépend de ses fils ; sur la base à 10 M achats, 163 k dépenses totales changeaient au dernier bit d'une
+  exécution à l'autre et une note M sur 1,1 M changeait (deux dépenses égales n'étaient plus ex aequo).
+  Les sommes de `compute_rfm` sont arrondies à 10⁻⁶ (test : 0,1 + 0,2 + 0,3 et 0,3 + 0,2 + 0,1 à égalité) ;
+  3 à 11 notes M sur 1,1 M diffèrent de celles d'une exécution d'avant (selon laquelle) : des ex aequo
+  que le bruit départageait.
 - **Mémoire des benchmarks faussée** : Linux transmet au processus enfant la marque de mémoire haute de
   son parent au moment du `exec` ; tous les cas lancés par un pilote de 1,2 Gio affichaient 1 218 Mio.
   Chaque pilote tourne maintenant dans son propre processus et `ru_maxrss` n'est retenu que s'il dépasse
