@@ -50,6 +50,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import hashlib
+import itertools
 import math
 import time
 from collections.abc import Sequence
@@ -204,7 +205,8 @@ def _feminine_sql(x: str, y: str) -> str:
     pairs = []
     for a, b in ((x, y), (y, x)):
         pairs.append(
-            f"({b} IN ({a} || 'e', {a} || 'ne', {a} || 'le', {a} || 'te') "
+            # the prefix test first: a cheap necessary condition, the IN list only where it holds
+            f"(starts_with({b}, {a}) AND {b} IN ({a} || 'e', {a} || 'ne', {a} || 'le', {a} || 'te') "
             f"OR ({a} LIKE '%c' AND {b} = left({a}, length({a}) - 1) || 'que'))"
         )
     return "(" + " OR ".join(pairs) + ")"
@@ -218,9 +220,13 @@ def _dl_le1_sql(x: str, y: str) -> str:
     neighbours (two mismatches): the linear ``hamming`` count settles all but the pairs
     with exactly two mismatches. Lengths further apart than one byte are never one edit
     apart. Unlike the plain test, NULL inputs give false (the callers use it in ``WHEN``).
+    The tests are ``WHEN`` conditions, not ``OR`` / ``AND`` of values: DuckDB evaluates
+    every operand of a boolean value, so the quadratic distance ran on every pair of
+    equal length (7.3 million pairs at scale 185, 35 of them with two mismatches).
     """
     return (f"(CASE strlen({x}) - strlen({y}) "
-            f"WHEN 0 THEN hamming({x}, {y}) <= 1 OR (hamming({x}, {y}) = 2 AND damerau_levenshtein({x}, {y}) <= 1) "
+            f"WHEN 0 THEN (CASE WHEN hamming({x}, {y}) <= 1 THEN true "
+            f"WHEN hamming({x}, {y}) = 2 THEN damerau_levenshtein({x}, {y}) <= 1 ELSE false END) "
             f"WHEN 1 THEN damerau_levenshtein({x}, {y}) <= 1 WHEN -1 THEN damerau_levenshtein({x}, {y}) <= 1 "
             f"ELSE false END)")
 
@@ -672,54 +678,84 @@ def _cluster(
     max_cluster_size: int,
     strong_score: float,
     cache: dict | None = None,
-) -> tuple[np.ndarray, pd.DataFrame]:
+    thresholds: Sequence[float] | None = None,
+    refused_at: float | None = None,
+) -> tuple[dict[float, np.ndarray], pd.DataFrame]:
     """Cluster: connected components of accepted edges, with the chain guard on groups of 3+.
+
+    At each threshold ``t`` of ``thresholds``, the edges are the non-fuzzy ones and the
+    fuzzy ones scoring at least ``t``. In the guard's order (rule, then score descending)
+    those form a prefix of the edges of the lowest threshold, and a merge only depends on
+    the edges before it: one pass over the edges settles every threshold, each read at the
+    end of its prefix. A group of two at ``t`` is merged without the guard (its single
+    edge was vetted pairwise), as a separate clustering at ``t`` would.
 
     Parameters
     ----------
     n : int
         Number of records (rids are ``0..n-1``).
     edges : DataFrame
-        ``rid_a, rid_b, rule, score`` accepted edges (``rule == 'decision'`` for ``same``).
+        ``rid_a, rid_b, rule, score`` accepted edges (``rule == 'decision'`` for ``same``),
+        one row per pair.
     cannot : set
         ``(min rid, max rid)`` pairs that must never share a cluster.
     attrs : DataFrame or dict
-        Indexed by rid: ``fn, ln, birth_date, gender`` (only rids of multi-edge groups are
-        needed), or the same as ``{column: {rid: value}}`` (built once by the caller that
-        clusters at several thresholds).
+        Indexed by rid: ``fn, ln, birth_date, gender`` (only rids of groups of 3+ at the
+        lowest threshold are needed), or the same as ``{column: {rid: value}}``.
     cache : dict, optional
-        ``{(min rid, max rid): reason or None}`` of the guard's record-pair checks, shared
-        by the caller across thresholds (a pair's compatibility does not depend on them).
+        ``{(min rid, max rid): reason or None}`` of the guard's record-pair checks.
+    thresholds : sequence of float, optional
+        Fuzzy score thresholds to cluster at (default: every edge, one threshold below
+        all scores).
+    refused_at : float, optional
+        Threshold whose refused edges are returned (default: the lowest).
 
     Returns
     -------
-    labels : ndarray
-        Cluster label of each rid: the smallest rid of its cluster.
+    labels : dict
+        Threshold -> cluster label of each rid (the smallest rid of its cluster).
     refused : DataFrame
-        ``rid_a, rid_b, rule, score, reason`` edges refused by the guard.
+        ``rid_a, rid_b, rule, score, reason`` edges refused by the guard at ``refused_at``.
     """
-    labels = np.arange(n, dtype=np.int64)
     empty = pd.DataFrame({"rid_a": pd.Series(dtype="int64"), "rid_b": pd.Series(dtype="int64"),
                           "rule": pd.Series(dtype=object), "score": pd.Series(dtype=float),
                           "reason": pd.Series(dtype=object)})
-    if edges.empty:
-        return labels, empty
-    a = edges["rid_a"].to_numpy(np.int64)
-    b = edges["rid_b"].to_numpy(np.int64)
-    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
-    _, comp = connected_components(graph, directed=False)
-    sizes = np.bincount(comp)
-    # groups of two: the single edge was already vetted pairwise
-    simple = sizes[comp[a]] == 2
-    lo = np.minimum(a[simple], b[simple])
-    hi = np.maximum(a[simple], b[simple])
-    labels[hi] = lo
-    big_edges = edges.loc[~simple].copy()
-    if big_edges.empty:
-        return labels, empty
+    a_all = edges["rid_a"].to_numpy(np.int64)
+    b_all = edges["rid_b"].to_numpy(np.int64)
+    fuzzy_all = (edges["rule"] == "fuzzy").to_numpy()
+    score_all = edges["score"].to_numpy(float)
+    if thresholds is None:
+        thresholds = [-math.inf]
+    grid = sorted(set(thresholds))
+    refused_at = grid[0] if refused_at is None else refused_at
+
+    def components(keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Edges kept, and whether each lies in a group of exactly two records."""
+        a, b = a_all[keep], b_all[keep]
+        _, comp = connected_components(coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n)),
+                                       directed=False)
+        sizes = np.bincount(comp)
+        return a, b, sizes[comp[a]] == 2
+
+    # the guard's pass: edges in groups of 3+ at the lowest threshold (a group of two there
+    # stays a group of two, or less, at every higher threshold)
+    low_keep = ~fuzzy_all | (score_all >= grid[0])
+    _, _, low_simple = components(low_keep)
+    big_idx = np.flatnonzero(low_keep)[~low_simple]
+    big_edges = edges.iloc[big_idx][["rid_a", "rid_b", "rule", "score"]].copy()
     big_edges["order"] = big_edges["rule"].map(RULE_ORDER).fillna(9)
     big_edges = big_edges.sort_values(["order", "score", "rid_a", "rid_b"],
                                       ascending=[True, False, True, True], kind="mergesort")
+    big_fuzzy = (big_edges["rule"] == "fuzzy").to_numpy()
+    big_score = big_edges["score"].to_numpy(float)
+    # length of each threshold's prefix (fuzzy edges come last, by score descending)
+    ends = {}
+    for t in grid:
+        keep = ~big_fuzzy | (big_score >= t)
+        k = int(np.count_nonzero(keep))
+        if not keep[:k].all():  # pragma: no cover - the sort above makes it a prefix
+            raise AssertionError("edges of a threshold are not a prefix of the guard's order")
+        ends[t] = k
     parent: dict[int, int] = {}
     members: dict[int, list[int]] = {}
 
@@ -755,40 +791,66 @@ def _cluster(
         cache[key] = reason
         return reason
 
-    refused = []
-    for ra, rb, rule, score in zip(big_edges["rid_a"].tolist(), big_edges["rid_b"].tolist(),
-                                   big_edges["rule"].tolist(), big_edges["score"].tolist(), strict=True):
-        x, y = find(ra), find(rb)
-        if x == y:
-            continue
-        mx, my = members.get(x, [x]), members.get(y, [y])
-        reason = None
-        for p in mx:
-            for q in my:
-                if (min(p, q), max(p, q)) in cannot:
-                    reason = "décision « différent »"
-                    break
-                if rule == "decision":
-                    continue
-                reason = incompatible(p, q)
+    def snapshot(t: float) -> np.ndarray:
+        labels = np.arange(n, dtype=np.int64)
+        a, b, simple = components(~fuzzy_all | (score_all >= t))
+        labels[np.maximum(a[simple], b[simple])] = np.minimum(a[simple], b[simple])
+        if members:  # each merged group to its smallest record, in one assignment
+            groups = list(members.values())
+            lens = np.fromiter(map(len, groups), dtype=np.int64, count=len(groups))
+            flat = np.fromiter(itertools.chain.from_iterable(groups), dtype=np.int64, count=int(lens.sum()))
+            starts = np.concatenate(([0], np.cumsum(lens)[:-1]))
+            labels[flat] = np.repeat(np.minimum.reduceat(flat, starts), lens)
+        return labels
+
+    out: dict[float, np.ndarray] = {}
+    refused = []  # (position in the guard's order, edge, reason)
+    stops = sorted(set(ends.values()))
+    pending = sorted(grid, key=lambda t: ends[t])
+    rows = zip(big_edges["rid_a"].tolist(), big_edges["rid_b"].tolist(),
+               big_edges["rule"].tolist(), big_edges["score"].tolist(), strict=True)
+    pos = 0
+    for stop in stops:
+        for ra, rb, rule, score in rows if pos < stop else ():
+            x, y = find(ra), find(rb)
+            here, pos = pos, pos + 1
+            if x != y:
+                mx, my = members.get(x, [x]), members.get(y, [y])
+                reason = None
+                for p in mx:
+                    for q in my:
+                        if (min(p, q), max(p, q)) in cannot:
+                            reason = "décision « différent »"
+                            break
+                        if rule == "decision":
+                            continue
+                        reason = incompatible(p, q)
+                        if reason:
+                            break
+                    if reason:
+                        break
+                if reason is None and rule == "fuzzy" and len(mx) + len(my) > max_cluster_size and score < strong_score:
+                    reason = f"groupe de plus de {max_cluster_size} fiches relié par un lien faible"
                 if reason:
-                    break
-            if reason:
+                    refused.append((here, ra, rb, rule, score, reason))
+                else:
+                    if len(mx) < len(my):
+                        x, y, mx, my = y, x, my, mx
+                    parent[y] = x
+                    members[x] = mx + my
+                    members.pop(y, None)
+            if pos == stop:
                 break
-        if reason is None and rule == "fuzzy" and len(mx) + len(my) > max_cluster_size and score < strong_score:
-            reason = f"groupe de plus de {max_cluster_size} fiches relié par un lien faible"
-        if reason:
-            refused.append((ra, rb, rule, score, reason))
-            continue
-        if len(mx) < len(my):
-            x, y, mx, my = y, x, my, mx
-        parent[y] = x
-        members[x] = mx + my
-        members.pop(y, None)
-    for mem in members.values():
-        labels[mem] = min(mem)
-    refused_df = pd.DataFrame(refused, columns=["rid_a", "rid_b", "rule", "score", "reason"]) if refused else empty
-    return labels, refused_df
+        for t in pending:
+            if ends[t] == stop:
+                out[t] = snapshot(t)
+    # refused edges at refused_at: those of its prefix, except the edges of its groups of two
+    end = ends[refused_at]
+    a, b, simple = components(~fuzzy_all | (score_all >= refused_at))
+    pairs_two = set(zip(a[simple].tolist(), b[simple].tolist(), strict=True))
+    kept = [r[1:] for r in refused if r[0] < end and (r[1], r[2]) not in pairs_two]
+    refused_df = pd.DataFrame(kept, columns=["rid_a", "rid_b", "rule", "score", "reason"]) if kept else empty
+    return out, refused_df
 
 
 def _truth_frame(truth_csv: str | Path) -> pd.DataFrame:
@@ -1068,9 +1130,11 @@ def link(
     final = None
     fuzzy = (all_edges["rule"] == "fuzzy").to_numpy()
     score = all_edges["score"].to_numpy(float)
+    grid_labels, refused = _cluster(n, all_edges, cannot, attrs, max_cluster_size, strong_score, guard_cache,
+                                    thresholds=grid, refused_at=threshold)
     for t in grid:
         edges = all_edges.loc[~fuzzy | (score >= t)].reset_index(drop=True)
-        labels, refused = _cluster(n, edges, cannot, attrs, max_cluster_size, strong_score, guard_cache)
+        labels = grid_labels[t]
         # a group's label is its smallest record: one root per customer
         row = {"threshold": t, "pairs_accepted": len(edges),
                "customers": int(np.count_nonzero(labels == np.arange(n))), "chosen": t == threshold}
