@@ -1034,31 +1034,30 @@ def _feed_items(con, loads, dec, cdec, run_id, when) -> pd.DataFrame:
                       "NULL::VARCHAR AS reason, 1 AS src, _idx FROM _fi_cdec")
     register_frame(con, "_fi_labels", labels)
     try:
-        # one BIGINT sort key per value (k: order of the decisions, ko: outcome first); the
-        # values of an item gathered unordered, sorted as a list and their texts built
-        # then: string_agg(part ORDER BY o, src, _idx) with struct keys over a materialised
-        # table of the texts took 50 s and the step's memory peak at scale 185
-        names = "[" + ", ".join("'" + OUTCOMES[k].replace("'", "''") + "'" for k in order) + "]"
         con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE _fi_val AS
+            SELECT v.item, v.customer_id, v.source, l.label,
+                   v.src::BIGINT * 1000000000000 + v._idx AS k,
+                   l.o::BIGINT * 2000000000000 + v.src::BIGINT * 1000000000000 + v._idx AS ko,
+                   v.field || ' : ' || l.label
+                   || CASE WHEN v.reason IS NOT NULL AND v.reason <> '' THEN ' (' || v.reason || ')' ELSE '' END AS part
+            FROM ({" UNION ALL ".join(values) if values else
+                  "SELECT NULL::VARCHAR AS item, NULL::VARCHAR AS customer_id, NULL::VARCHAR AS source, NULL::VARCHAR "
+                  "AS outcome, NULL::VARCHAR AS field, NULL::VARCHAR AS reason, 0 AS src, 0::BIGINT AS _idx WHERE false"}) v
+            JOIN _fi_labels l ON l.outcome = v.outcome
+        """)
+        # one BIGINT sort key per value (k: order of the decisions, ko: outcome first) and
+        # the parts joined from a list sorted afterwards: string_agg(... ORDER BY o, src, _idx)
+        # and struct keys took 50 s and the step's memory peak at scale 185
+        con.execute("""
             CREATE OR REPLACE TEMP TABLE _fi_sum AS
-            WITH v AS (
-                SELECT v.item, v.customer_id, v.source, v.field, v.reason, l.o,
-                       v.src::BIGINT * 1000000000000 + v._idx AS k,
-                       l.o::BIGINT * 2000000000000 + v.src::BIGINT * 1000000000000 + v._idx AS ko
-                FROM ({" UNION ALL ".join(values) if values else
-                      "SELECT NULL::VARCHAR AS item, NULL::VARCHAR AS customer_id, NULL::VARCHAR AS source, NULL::VARCHAR "
-                      "AS outcome, NULL::VARCHAR AS field, NULL::VARCHAR AS reason, 0 AS src, 0::BIGINT AS _idx WHERE false"}) v
-                JOIN _fi_labels l ON l.outcome = v.outcome
-            )
-            SELECT item, {names}[arg_min_null(o, ko) + 1] AS outcome,
-                   CASE WHEN count(field) > 0 THEN array_to_string(list_transform(
-                       list_sort(list(struct_pack(k := ko, f := field, o := o, r := reason)) FILTER (WHERE field IS NOT NULL)),
-                       x -> x.f || ' : ' || {names}[x.o + 1]
-                            || CASE WHEN x.r IS NOT NULL AND x.r <> '' THEN ' (' || x.r || ')' ELSE '' END), '; ')
+            SELECT item, arg_min_null(label, ko) AS outcome,
+                   CASE WHEN count(part) > 0 THEN array_to_string(list_transform(
+                       list_sort(list(struct_pack(k := ko, p := part)) FILTER (WHERE part IS NOT NULL)), x -> x.p), '; ')
                    END AS reason,
                    arg_min_null(customer_id, k) AS customer_id, arg_min_null(source, k) AS source,
                    min(k) AS first
-            FROM v GROUP BY item
+            FROM _fi_val GROUP BY item
         """)
     finally:
         for name in ("_fi_dec", "_fi_cdec", "_fi_labels"):
@@ -1112,7 +1111,7 @@ def _feed_items(con, loads, dec, cdec, run_id, when) -> pd.DataFrame:
     con.execute("INSERT INTO feed_items SELECT item, kind, source, customer_id, outcome, reason, ?, ? FROM _fi_items",
                 [run_id, when])
     items = con.execute("SELECT * FROM _fi_items").df()
-    con.execute("DROP TABLE IF EXISTS _fi_sum; DROP TABLE IF EXISTS _fi_items")
+    con.execute("DROP TABLE IF EXISTS _fi_val; DROP TABLE IF EXISTS _fi_sum; DROP TABLE IF EXISTS _fi_items")
     if items.empty:
         return pd.DataFrame(columns=cols).astype(object)
     # text columns as DuckDB gives them (1.4 M items at scale 185: as Python objects they
