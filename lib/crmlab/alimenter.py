@@ -1108,6 +1108,8 @@ def _feed_items(con, loads, dec, cdec, run_id, when) -> pd.DataFrame:
     con.execute(f"""CREATE OR REPLACE TEMP TABLE _fi_items AS
                     SELECT item, kind, source, customer_id, outcome, reason
                     FROM ({" UNION ALL ".join(parts)}) x ORDER BY x.part, x.pos""")
+    # the per-value tables (3.5 M rows at scale 185) are released before the items are written and fetched
+    con.execute("DROP TABLE IF EXISTS _fi_val; DROP TABLE IF EXISTS _fi_sum")
     con.execute("INSERT INTO feed_items SELECT item, kind, source, customer_id, outcome, reason, ?, ? FROM _fi_items",
                 [run_id, when])
     items = con.execute("SELECT * FROM _fi_items").df()
