@@ -84,7 +84,7 @@ RUN_PARAMS: dict[str, Param] = {
     "truth_dir": Param("path", None, "dossier de vérité terrain du monde de démo (facultatif)", nullable=True),
     "out_dir": Param("path", None, "dossier de l'exécution (exports, fichiers de revue) ; vide = dossier de la base", nullable=True),
     "memory_limit": Param("str", "auto", "mémoire maximale de la base DuckDB au-delà de laquelle elle passe par le disque "
-                          "(auto = moitié de la RAM, 2 Gio au plus ; ou par exemple 4GB)", check=_memory_limit),
+                          "(auto = moitié de la RAM, 1,5 Gio au plus ; ou par exemple 4GB)", check=_memory_limit),
 }
 
 # code, block name, module, notebook (relative to the project root)
