@@ -547,3 +547,15 @@ def test_binary_offset_finds_the_first_control_byte(chunk):
 
     m = re.search(rb"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f]", chunk)
     assert sources._binary_offset(chunk) == (m.start() if m else None)
+
+
+def test_whitespace_only_dates_never_reach_strptime():
+    # DuckDB 1.5.6's strptime skips leading whitespace past the end of a text made of tabs or
+    # carriage returns only (duckdb#25082) and reads on into the following bytes. The guarded
+    # expression gives NULL for such texts without calling it, and the same dates otherwise.
+    expr = sources._date_parse_sql("x", ["%d/%m/%Y", "%d/%m/%Y %H:%M"])
+    assert expr.startswith("CASE WHEN trim(x, ")
+    con = duckdb.connect()
+    got = con.execute(f"SELECT {expr} FROM (VALUES ('05/01/2020'), (chr(9) || '05/01/2020 10:00'), (chr(13)), "
+                      f"(chr(9) || chr(10) || ' ' || chr(11) || chr(12)), (NULL)) v(x)").fetchall()
+    assert got == [(dt.datetime(2020, 1, 5),), (dt.datetime(2020, 1, 5, 10, 0),), (None,), (None,), (None,)]
