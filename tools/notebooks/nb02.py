@@ -167,7 +167,7 @@ _MIGRATION = [
         ## 5. Les mouvements entre segments
 
         Les segments d'aujourd'hui sont comparés à ceux d'il y a quelques mois (paramètre `comparison_months`),
-        calculés avec les mêmes définitions sur les achats connus à cette date (`segments_avant`, en section 1). Chaque ligne se lit : « parmi les
+        calculés avec les mêmes définitions sur les achats connus à cette date. Chaque ligne se lit : « parmi les
         clients qui étaient dans ce segment, quelle part est aujourd'hui dans chaque segment ? ». La ligne
         « Pas encore client » montre où arrivent les nouveaux clients.
     """),
