@@ -18,7 +18,7 @@ import pandas as pd
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
-from crmlab.db import require_columns
+from crmlab.db import register_frame, require_columns
 
 #: Postal code pattern per ISO country code (after trimming and upper-casing).
 POSTAL_PATTERNS: dict[str, str] = {
@@ -198,14 +198,32 @@ def audit_customers(con: duckdb.DuckDBPyConnection, *, region: str = "FR",
         One row per invalid value: ``customer_id, field, value, reason`` (raw value:
         mask before display), sorted by field then customer.
     """
-    parts = " UNION ALL ".join(
-        f"SELECT customer_id, '{f}' AS field, CAST({f} AS VARCHAR) AS value, country FROM customers "
-        f"WHERE {f} IS NOT NULL" for f in fields)
-    long = con.execute(f"SELECT * FROM ({parts}) ORDER BY field, customer_id").df()
-    if long.empty:
-        return pd.DataFrame(columns=["customer_id", "field", "value", "reason"])
-    flagged = flag_values(long, region=region)
-    return flagged.loc[~flagged["valid"], ["customer_id", "field", "value", "reason"]].reset_index(drop=True)
+    # field by field, on the distinct (value, country) pairs, the invalid ones joined back to
+    # their customers in DuckDB: the long frame of every customer's three values and its
+    # flags took 1.5 GB at 1.15 M customers (scale 185), the peak of step 05
+    cols = ["customer_id", "field", "value", "reason"]
+    found = []
+    for f in sorted(fields):  # sorted by field, then customer, as before
+        distinct = con.execute(f"SELECT DISTINCT CAST({f} AS VARCHAR) AS value, country FROM customers "
+                               f"WHERE {f} IS NOT NULL").df()
+        if distinct.empty:
+            continue
+        flagged = flag_values(distinct.assign(field=f), region=region)
+        bad = flagged.loc[~flagged["valid"], ["value", "country", "reason"]].astype(object)
+        if bad.empty:
+            continue
+        register_frame(con, "_audit_bad", bad)
+        try:
+            found.append(con.execute(f"""
+                SELECT c.customer_id, '{f}' AS field, b.value, b.reason
+                FROM customers c JOIN _audit_bad b
+                  ON CAST(c.{f} AS VARCHAR) = b.value AND c.country IS NOT DISTINCT FROM b.country
+                ORDER BY c.customer_id""").df())
+        finally:
+            con.unregister("_audit_bad")
+    if not found:
+        return pd.DataFrame(columns=cols)
+    return pd.concat(found, ignore_index=True)[cols]
 
 
 def quality_summary(flags: pd.DataFrame, totals: dict[str, int] | None = None) -> pd.DataFrame:
