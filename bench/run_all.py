@@ -149,6 +149,11 @@ donnés quand l'écart de charge rend le temps écoulé trompeur) :
     4 282 → 3 957 Mio ; requête RFM de l'étape 02 10,8 → 11,4 s (pic 2,3 → 1,8 Go). Chaîne entière à
     10 M achats, une exécution chacune à la suite : 382 s et 4 345 Mio sous 2 Gio (`-p run.memory_limit=2GiB`),
     395 s et 4 063 Mio sous 1,5 Gio : 3,5 % de temps pour 280 Mio, ce qui fait passer sous 4 Gio.
+29. **Contrôle de qualité de la base** (`quality.audit_customers`, étape 05) : champ par champ sur les
+    paires distinctes (valeur, pays), les valeurs invalides rattachées à leurs clients dans DuckDB, au lieu
+    d'un tableau de toutes les valeurs de tous les clients avec leurs drapeaux : à 1,15 M clients, pic
+    1 635 → 986 Mio et 11,5 → 7,6 s. C'était le pic de mémoire de la chaîne à 10 M (cellule
+    `invalid_display` de l'étape 05, 4 030 Mio pour l'arbre de processus).
 
 **Défauts trouvés en mesurant**
 
@@ -203,9 +208,10 @@ donnés quand l'écart de charge rend le temps écoulé trompeur) :
   gain : regrouper sur un hachage entier du client (3,9 au lieu de 4,2 s CPU, au prix d'un risque de
   collision), un seul niveau avec `COUNT(DISTINCT jour)` et une jointure pour le montant du premier jour
   (8,8 s CPU).
-- Chaîne à 10 M transactions : **395 s** (300 s visés) ; **4 063 Mio** de mémoire, sous 4 Gio (4 096 Mio)
-  mais au-dessus de 4 Go décimaux (3 815 Mio). Par étape : 01 117 s (chargement 55 s, rapprochement 54 s),
-  05 114 s (`feed` 87 s), 02 76 s, 04 44 s, 03 27 s, 06 14 s. Ce qui reste :
+- Chaîne à 10 M transactions : **387 s** (300 s visés) ; **3 875 Mio** (4,06 Go) de mémoire, sous 4 Gio
+  (4 096 Mio) mais pas sous 4 Go décimaux (3 815 Mio). Par étape : 01 117 s (chargement 53 s, rapprochement
+  59 s), 05 110 s (`feed` 85 s), 02 75 s, 04 42 s, 03 26 s, 06 15 s. Le pic est maintenant dans l'étape 05
+  (`fill_by_channel` et `feed`, avec le ~1 Go de décisions gardé par le notebook). Ce qui reste :
   - les comptages distincts par client (`COUNT(DISTINCT commande)`, `COUNT(DISTINCT jour)`) coûtent chacun
     4 à 5 s CPU sur 10 M lignes, et la chaîne en fait une dizaine (RFM à deux dates, variables de
     comportement, résumé et calibration CLV, grille R × F des étapes 03 et 06). Une réécriture à deux
