@@ -966,16 +966,12 @@ def feed(con: duckdb.DuckDBPyConnection, p: dict, *, when=None) -> FeedResult:
     history.apply_changes(con, changes, run_id=p["run_id"])
     # customers created now: counts, sources, prospect flag
     # rows to change found first, updated by rowid (an UPDATE joined on the ids took 9 s at scale 185)
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE _nrec AS
-        SELECT c.rowid AS rid, x.n, x.sources
+    update_by_rowid(con, "customers", ["n_records", "sources"], """
+        SELECT c.rowid AS rid, x.n AS n_records, x.sources
         FROM customers c
         JOIN (SELECT customer_id, count(*) AS n, string_agg(DISTINCT source, ',' ORDER BY source) AS sources
               FROM customer_links GROUP BY 1) x ON x.customer_id = c.customer_id
-        WHERE c.n_records IS DISTINCT FROM x.n OR c.sources IS DISTINCT FROM x.sources
-    """)
-    con.execute("UPDATE customers SET n_records = x.n, sources = x.sources FROM _nrec x WHERE customers.rowid = x.rid")
-    con.execute("DROP TABLE _nrec")
+        WHERE c.n_records IS DISTINCT FROM x.n OR c.sources IS DISTINCT FROM x.sources""")
     con.execute("UPDATE customers SET is_prospect = FALSE WHERE is_prospect AND customer_id IN "
                 "(SELECT DISTINCT customer_id FROM transactions WHERE customer_id IS NOT NULL)")
 

@@ -240,21 +240,34 @@ def current_consents(con: duckdb.DuckDBPyConnection, customer_ids: pd.Series | N
     DataFrame
         ``customer_id, channel, opted_in`` (bool).
     """
-    sql = """
-        SELECT customer_id, channel, opted_in FROM consents
-        WHERE customer_id IS NOT NULL AND channel IS NOT NULL AND opted_in IS NOT NULL {only}
-        QUALIFY row_number() OVER (PARTITION BY customer_id, channel
-                                   ORDER BY updated_at DESC NULLS LAST, opted_in ASC) = 1
-        ORDER BY customer_id, channel
-    """
     if customer_ids is None:
-        return con.execute(sql.replace("{only}", "")).df()
+        return con.execute(current_consents_sql() + " ORDER BY customer_id, channel").df()
     register_frame(con, "_consent_ids", pd.DataFrame({"customer_id": pd.Series(customer_ids, dtype=object).dropna()
                                                       .astype(str).drop_duplicates().to_numpy(dtype=object)}))
     try:
-        return con.execute(sql.replace("{only}", "AND customer_id IN (SELECT customer_id FROM _consent_ids)")).df()
+        return con.execute(current_consents_sql("customer_id IN (SELECT customer_id FROM _consent_ids)")
+                           + " ORDER BY customer_id, channel").df()
     finally:
         con.unregister("_consent_ids")
+
+
+def current_consents_sql(where: str = "true", pairs: str | None = None) -> str:
+    """Return the SQL of the current consent of each customer × channel: ``customer_id, channel, opted_in``.
+
+    The rule of :func:`current_consents` (records with a customer, a channel and an
+    ``opted_in``; the latest ``updated_at`` wins, undated records are the oldest, an
+    opt-out wins a tie), as one aggregate over ``consents``.
+    ``where`` restricts the records (SQL condition on ``consents``), ``pairs`` (SQL of a
+    relation ``customer_id, channel``) to these customer × channel pairs.
+    """
+    only = f"SEMI JOIN ({pairs}) _pairs USING (customer_id, channel)" if pairs else ""
+    return f"""SELECT customer_id, channel,
+                      arg_max(opted_in, {{'dated': updated_at IS NOT NULL,
+                                         'at': coalesce(updated_at, TIMESTAMP '0001-01-01'),
+                                         'out': NOT opted_in}}) AS opted_in
+               FROM consents {only}
+               WHERE customer_id IS NOT NULL AND channel IS NOT NULL AND opted_in IS NOT NULL AND ({where})
+               GROUP BY customer_id, channel"""
 
 
 def consent_matrix(consents: pd.DataFrame, customer_ids: pd.Series, channels=CHANNELS) -> pd.DataFrame:

@@ -371,7 +371,7 @@ def plan_members(con: duckdb.DuckDBPyConnection, p: dict, targets: pd.DataFrame,
                 FROM campaign_contacts cc JOIN _plan_ids USING (campaign_id)
                 WHERE cc.customer_id IS NOT NULL GROUP BY ALL
             ), cur AS (  -- current consent of each member per channel (see exports.current_consents)
-                {_current_consents_sql("customer_id IN (SELECT customer_id FROM m)")}
+                {exports.current_consents_sql("customer_id IN (SELECT customer_id FROM m)")}
             ), c AS (
                 SELECT customer_id, {flags} FROM cur GROUP BY customer_id
             ), r AS (
@@ -394,25 +394,6 @@ def plan_members(con: duckdb.DuckDBPyConnection, p: dict, targets: pd.DataFrame,
         out["segment"] = out["segment"].fillna(NO_SEGMENT)
     cols = ["campaign_id", "customer_id", "grp", "segment", "clv", "p_alive", *[f"ok_{ch}" for ch in channels]]
     return out[cols]
-
-
-def _current_consents_sql(where: str = "true", pairs: str | None = None) -> str:
-    """Return the SQL of the current consent of each customer × channel: ``customer_id, channel, opted_in``.
-
-    Same rows as :func:`crmlab.exports.current_consents` (records with a customer, a
-    channel and an ``opted_in``; the latest ``updated_at`` wins, undated records are the
-    oldest, an opt-out wins a tie) as one aggregate instead of a window over ``consents``.
-    ``where`` restricts the records (SQL condition on ``consents``), ``pairs`` (SQL of a
-    relation ``customer_id, channel``) to these customer × channel pairs.
-    """
-    only = f"SEMI JOIN ({pairs}) _pairs USING (customer_id, channel)" if pairs else ""
-    return f"""SELECT customer_id, channel,
-                      arg_max(opted_in, {{'dated': updated_at IS NOT NULL,
-                                         'at': coalesce(updated_at, TIMESTAMP '0001-01-01'),
-                                         'out': NOT opted_in}}) AS opted_in
-               FROM consents {only}
-               WHERE customer_id IS NOT NULL AND channel IS NOT NULL AND opted_in IS NOT NULL AND ({where})
-               GROUP BY customer_id, channel"""
 
 
 def reach_mask(customers: pd.DataFrame, channel: str, region: str = "FR") -> np.ndarray:
@@ -658,7 +639,7 @@ def export_plan(con: duckdb.DuckDBPyConnection, contacts: pd.DataFrame, p: dict,
                               FROM customers WHERE customer_id IN (SELECT customer_id FROM _exp_pairs)""").df()
         # the export keeps a treated contact whose current consent to the file's channel is an opt-in: the rows of
         # exports.current_consents(con, treated) with such a pair and opted_in true (the other rows are never read)
-        consents = con.execute(f"""SELECT * FROM ({_current_consents_sql(pairs="SELECT customer_id, channel FROM _exp_pairs")})
+        consents = con.execute(f"""SELECT * FROM ({exports.current_consents_sql(pairs="SELECT customer_id, channel FROM _exp_pairs")})
                                    WHERE opted_in ORDER BY customer_id, channel""").df()
     finally:
         con.unregister("_exp_pairs")
@@ -916,7 +897,7 @@ def check_output(con: duckdb.DuckDBPyConnection, p: dict, files: pd.DataFrame) -
             WITH f AS (SELECT DISTINCT file, channel, customer_id FROM _chk_files),
             ctrl AS (SELECT DISTINCT cc.customer_id FROM campaign_contacts cc JOIN ({mine}) c USING (campaign_id)
                      WHERE cc.grp = 'control'),
-            ok AS ({_current_consents_sql(pairs="SELECT customer_id, channel FROM f")})
+            ok AS ({exports.current_consents_sql(pairs="SELECT customer_id, channel FROM f")})
             SELECT f.file, count(*) FILTER (WHERE k.customer_id IS NOT NULL) AS n_control,
                    count(*) FILTER (WHERE NOT coalesce(ok.opted_in, false)) AS n_no_consent
             FROM f LEFT JOIN ctrl k ON k.customer_id = f.customer_id

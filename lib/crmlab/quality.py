@@ -171,9 +171,8 @@ def flag_values(values: pd.DataFrame, *, region: str = "FR") -> pd.DataFrame:
 
         fast = phone_fast_e164(distinct.loc[ph, "value"], None, region).notna()
         settled[ph] = (fast & in_region).to_numpy()
-    # only the checked fields can be invalid (check_value is None for the others): one
-    # Python call per remaining distinct value instead of one per distinct value
-    todo = (~settled & distinct["field"].isin(CHECKED_FIELDS)).to_numpy()
+    # one Python call per distinct value the vectorised tests did not settle
+    todo = (~settled).to_numpy()
     reason = pd.Series(None, index=distinct.index, dtype=object)
     rest = distinct[todo]
     reason[todo] = [check_value(f, v, region=(c if f == "phone" and isinstance(c, str) and len(c) == 2 else region), country=c)
