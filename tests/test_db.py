@@ -158,3 +158,66 @@ def test_connections_draw_no_progress_bar():
     """In a kernel DuckDB draws its progress bar as widget outputs kept in the executed notebooks."""
     con = db.connect(":memory:")
     assert con.execute("SELECT current_setting('enable_progress_bar')").fetchone()[0] is False
+
+
+_TYPES_SQL = """
+SELECT * FROM (VALUES
+    (1::BIGINT, 1::INTEGER, true, 'a', TIMESTAMP '2020-01-01 10:00', DATE '2020-01-02', 1.5::DECIMAL(10, 2),
+     1.5::DOUBLE, 3::HUGEINT, [1, 2], 2::UTINYINT, {'a': 1}),
+    (NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+    (2, 3, false, 'é', TIMESTAMP '2021-06-01', DATE '2021-06-01', 2.25, -1, 4, [], 1, {'a': NULL})
+) t(b, i, bo, s, ts, d, dec, dbl, h, l, u, st)
+"""
+
+
+@pytest.mark.parametrize("sql", [
+    _TYPES_SQL,
+    f"SELECT * FROM ({_TYPES_SQL}) WHERE b IS NOT NULL",  # no NULL: plain numpy types
+    f"SELECT * FROM ({_TYPES_SQL}) WHERE false",  # empty
+    "SELECT 1 AS n, 'x' AS n, 2 AS n",  # same name twice
+    "SELECT INTERVAL 1 DAY AS i, NULL AS x",
+])
+def test_to_frame_types_the_columns_as_duckdb_df_does(sql):
+    con = db.connect(":memory:")
+    expected = con.execute(sql).df()
+    got = db.to_frame(con.execute(sql))
+    assert list(got.columns) == list(expected.columns)
+    assert list(got.dtypes) == list(expected.dtypes)
+    for i in range(expected.shape[1]):
+        e, g = expected.iloc[:, i], got.iloc[:, i]
+        if e.dtype == object:  # lists and structs: the same values, missing as missing
+            assert [None if v is None or v is pd.NA else repr(v) for v in g] == \
+                   [None if v is None or v is pd.NA else repr(v) for v in e]
+        else:
+            pd.testing.assert_series_equal(g, e)
+
+
+def test_register_frame_keeps_types_and_falls_back_on_mixed_columns():
+    con = db.connect(":memory:")
+    frame = pd.DataFrame({"s": ["a", None], "none": [None, None], "n": pd.array([1, None], dtype="Int64"),
+                          "ts": pd.to_datetime(["2020-01-01", None]), "b": [True, None], "f": [1.5, float("nan")]})
+    db.register_frame(con, "_f", frame)
+    types = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE _f)").fetchall())
+    assert types == {"s": "VARCHAR", "none": "VARCHAR", "n": "BIGINT", "ts": "TIMESTAMP", "b": "BOOLEAN",
+                     "f": "DOUBLE"}
+    assert con.execute("SELECT count(*) FILTER (WHERE f IS NULL), count(*) FILTER (WHERE b IS NULL) FROM _f").fetchone() == (1, 1)
+    db.register_frame(con, "_m", pd.DataFrame({"x": ["a", 1]}, dtype=object))  # Arrow cannot type it
+    assert con.execute("SELECT count(*) FROM _m").fetchone()[0] == 2
+
+
+def test_sort_frame_is_a_stable_sort_with_missing_values_last():
+    con = db.connect(":memory:")
+    frame = pd.DataFrame({"k": ["b", None, "a", "b", "a", None], "j": ["x", "y", "x", "x", None, "a"],
+                          "v": range(6)})
+    frame["k"] = frame["k"].astype("str")
+    expected = frame.sort_values(["k", "j"], kind="stable").reset_index(drop=True)
+    pd.testing.assert_frame_equal(db.sort_frame(con, frame, ["k", "j"]), expected)
+    assert db.sort_frame(con, frame.iloc[:0], ["k"]).empty
+
+
+def test_compact_text_stores_texts_as_arrow_strings_and_leaves_other_columns():
+    frame = pd.DataFrame({"s": ["a", None, "b"], "mixed": ["a", 1, None], "n": [1, 2, 3]})
+    frame["s"] = frame["s"].astype(object)
+    out = db.compact_text(frame)
+    assert str(out["s"].dtype) == "str" and out["s"].isna().tolist() == [False, True, False]
+    assert out["mixed"].dtype == object and out["n"].dtype == "int64"

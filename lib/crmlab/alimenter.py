@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from crmlab import history, identity, normalize, quality
-from crmlab.db import check, now, register_frame, update_by_rowid
+from crmlab.db import check, compact_text, now, register_frame, sort_frame, to_frame, update_by_rowid
 from crmlab.errors import InputError, ParamsError
 from crmlab.params import Param
 from crmlab.sources import resolve_source_paths, validate_sources
@@ -222,8 +222,8 @@ def provenance(
     try:
         union = _provenance_sql(con, fields or MEASURED_FIELDS, subset=customer_ids is not None, consents=consents)
         if counts:
-            return con.execute(f"SELECT field, channel, count(*) AS customers FROM ({union}) GROUP BY 1, 2 ORDER BY 1, 2").df()
-        return con.execute(union + " ORDER BY 1, 2").df()
+            return to_frame(con.execute(f"SELECT field, channel, count(*) AS customers FROM ({union}) GROUP BY 1, 2 ORDER BY 1, 2"))
+        return to_frame(con.execute(union + " ORDER BY 1, 2"))
     finally:
         _provenance_drop(con)
         if customer_ids is not None:
@@ -385,7 +385,7 @@ def files_table(loads: list) -> pd.DataFrame:
 
 
 def _staged(con: duckdb.DuckDBPyConnection, loads: list, kind: str) -> pd.DataFrame:
-    frames = [con.execute(f"SELECT * FROM {ld.staged}").df() for ld in loads if ld.kind == kind]
+    frames = [to_frame(con.execute(f"SELECT * FROM {ld.staged}")) for ld in loads if ld.kind == kind]
     frames = [f for f in frames if len(f)]
     if not frames:
         return pd.DataFrame()
@@ -494,9 +494,9 @@ def link_new_records(con: duckdb.DuckDBPyConnection, p: dict, records: pd.DataFr
         return pd.DataFrame(columns=cols)
     region = p.get("default_region", "FR")
     recs = records[["source", "source_key", "email", "phone", "last_name"]].drop_duplicates(["source", "source_key"]).copy()
-    con.register("_ln_recs", recs[["source", "source_key"]])
+    register_frame(con, "_ln_recs", recs[["source", "source_key"]])
     try:
-        known = con.execute("SELECT r.source, r.source_key FROM _ln_recs r JOIN customer_links l USING (source, source_key)").df()
+        known = to_frame(con.execute("SELECT r.source, r.source_key FROM _ln_recs r JOIN customer_links l USING (source, source_key)"))
     finally:
         con.unregister("_ln_recs")
     known_keys = set(zip(known["source"], known["source_key"], strict=True))
@@ -506,16 +506,16 @@ def link_new_records(con: duckdb.DuckDBPyConnection, p: dict, records: pd.DataFr
     new["email_n"] = [normalize.email(v, provider_rules=False) for v in new["email"]]
     new["phone_n"] = [normalize.phone(v, region) for v in new["phone"]]
     new["ln_n"] = [normalize.name(v) for v in new["last_name"]]
-    con.register("_ln_new", new[["source", "source_key", "email_n", "phone_n", "ln_n"]].astype(object))
+    register_frame(con, "_ln_new", new[["source", "source_key", "email_n", "phone_n", "ln_n"]].astype(object))
     try:
-        cand = con.execute("""
+        cand = to_frame(con.execute("""
             SELECT n.source, n.source_key,
                    (SELECT min(c.customer_id) FROM customers c WHERE n.email_n IS NOT NULL AND c.email = n.email_n) AS by_email,
                    (SELECT min(c.customer_id) FROM customers c WHERE n.phone_n IS NOT NULL AND c.phone = n.phone_n
                         AND n.ln_n IS NOT NULL AND c.last_name IS NOT NULL
                         AND lower(strip_accents(c.last_name)) = n.ln_n) AS by_phone
             FROM _ln_new n
-        """).df()
+        """))
     finally:
         con.unregister("_ln_new")
     new = new.merge(cand, on=["source", "source_key"], how="left")
@@ -539,7 +539,7 @@ def link_new_records(con: duckdb.DuckDBPyConnection, p: dict, records: pd.DataFr
     new["new"] = unk
     out = new[cols].sort_values(["source", "source_key"], kind="stable").reset_index(drop=True)
     when = when or now()
-    con.register("_ln_out", out.astype(object))
+    register_frame(con, "_ln_out", out.astype(object))
     try:
         con.execute("""INSERT INTO customer_links (source, source_key, customer_id, rule, score, linked_at)
                        SELECT source, source_key, customer_id, rule, NULL, ? FROM _ln_out""", [when])
@@ -571,10 +571,10 @@ def attach_keys(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     union = " UNION ".join(
         f"SELECT DISTINCT {s} AS source, {k} AS source_key FROM {t} WHERE customer_id IS NULL AND {k} IS NOT NULL"
         for t, s, k in KEY_REFERENCES)
-    missing = con.execute(f"SELECT u.*, {identity.customer_id_sql('u.source', 'u.source_key')} AS customer_id "
-                          f"FROM ({union}) u ANTI JOIN customer_links l USING (source, source_key) ORDER BY 1, 2").df()
+    missing = to_frame(con.execute(f"SELECT u.*, {identity.customer_id_sql('u.source', 'u.source_key')} AS customer_id "
+                          f"FROM ({union}) u ANTI JOIN customer_links l USING (source, source_key) ORDER BY 1, 2"))
     if len(missing):
-        con.register("_ak", missing)
+        register_frame(con, "_ak", missing)
         try:
             con.execute("""INSERT INTO source_customers (source, source_key)
                            SELECT m.source, m.source_key FROM _ak m
@@ -655,18 +655,18 @@ def current_field_meta(con: duckdb.DuckDBPyConnection, customer_ids: list[str], 
                         SELECT c.*, p.channel AS p_source FROM _cfm_cur c
                         LEFT JOIN ({prov}) p ON p.customer_id = c.customer_id AND p.field = c.field""")
         _provenance_drop(con)
-        keys = con.execute("SELECT DISTINCT h_source, h_channel, p_source FROM _cfm_full").df().astype(object)
+        keys = to_frame(con.execute("SELECT DISTINCT h_source, h_channel, p_source FROM _cfm_full")).astype(object)
         keys = keys.where(keys.notna(), None)
         keys["cur_rank"] = np.array([
             _rank(priority, hs, hc) if isinstance(hs, str) or isinstance(hc, str) else _rank(priority, ps, None)
             for hs, hc, ps in zip(keys["h_source"], keys["h_channel"], keys["p_source"], strict=True)], dtype=float)
         register_frame(con, "_cfm_rank", keys)
         try:
-            return con.execute("""
+            return to_frame(con.execute("""
                 SELECT c.customer_id, c.field, c.cur_value, c.cur_ts, CAST(r.cur_rank AS DOUBLE) AS cur_rank
                 FROM _cfm_full c JOIN _cfm_rank r ON r.h_source IS NOT DISTINCT FROM c.h_source
                     AND r.h_channel IS NOT DISTINCT FROM c.h_channel AND r.p_source IS NOT DISTINCT FROM c.p_source
-            """).df()
+            """))
         finally:
             con.unregister("_cfm_rank")
     finally:
@@ -817,7 +817,7 @@ def _interaction_candidates(con: duckdb.DuckDBPyConnection) -> tuple[pd.DataFram
     """Candidate values and consents of interactions not applied yet (matched to a customer)."""
     # interactions already fed and the matched customer are settled in SQL (pandas isin
     # over a million strings took 8 s)
-    rows = con.execute(f"""
+    rows = to_frame(con.execute(f"""
         WITH r AS (
             SELECT 'interaction|' || coalesce(i.interaction_id, i.source || '|' || CAST(i.row_number AS VARCHAR)) AS item,
                    i.customer_id, i.ts, i.channel, i.source, {', '.join('i.' + f for f in INTERACTION_FIELDS)},
@@ -828,7 +828,7 @@ def _interaction_candidates(con: duckdb.DuckDBPyConnection) -> tuple[pd.DataFram
         )
         SELECT r.*, coalesce(r.customer_id IN (SELECT customer_id FROM customers), false) AS _linked
         FROM r ANTI JOIN (SELECT item FROM feed_items WHERE kind = 'interactions') f USING (item)
-    """).df()
+    """))
     linked = rows.pop("_linked").astype(bool)
     pending = int((~linked).sum())
     rows = rows[linked.to_numpy()]
@@ -886,7 +886,7 @@ def feed(con: duckdb.DuckDBPyConnection, p: dict, *, when=None) -> FeedResult:
 
     loads = load_batches(con, p)
     new_sha = sorted({f.sha256 for ld in loads for f in ld.files if not f.skipped})
-    con.register("_new_sha", pd.DataFrame({"sha256": new_sha}, dtype=object))
+    register_frame(con, "_new_sha", pd.DataFrame({"sha256": new_sha}, dtype=object))
     # consent rows of customer files replace older rows of the same key: keep those (the rules decide)
     # a plain anti join (hash join): NOT EXISTS was planned as a delim join, 3 times slower
     con.execute("""INSERT INTO consents SELECT b.* FROM (SELECT * FROM _consents_before WHERE source_key IS NOT NULL) b
@@ -902,10 +902,10 @@ def feed(con: duckdb.DuckDBPyConnection, p: dict, *, when=None) -> FeedResult:
     links = link_new_records(con, p, records, when=when)
     key_only = attach_keys(con)
     if len(records):
-        con.register("_rec_keys", records[["source", "source_key"]].astype(object))
+        register_frame(con, "_rec_keys", records[["source", "source_key"]].astype(object))
         try:
-            ids = con.execute("SELECT r.source, r.source_key, l.customer_id FROM _rec_keys r "
-                              "JOIN customer_links l USING (source, source_key)").df()
+            ids = to_frame(con.execute("SELECT r.source, r.source_key, l.customer_id FROM _rec_keys r "
+                              "JOIN customer_links l USING (source, source_key)"))
         finally:
             con.unregister("_rec_keys")
         records = records.merge(ids, on=["source", "source_key"], how="left")
@@ -922,16 +922,16 @@ def feed(con: duckdb.DuckDBPyConnection, p: dict, *, when=None) -> FeedResult:
     dec = decide_fields(cand, current) if len(cand) else cand.assign(outcome=None, winner=False, old_value=None)
     # the frames of 3.5 M candidate values at scale 185 are released as soon as decided,
     # and ``dec`` keeps only the columns read below (the step's memory peak came after)
-    dec = dec[["item", "customer_id", "field", "raw", "value", "channel", "source", "ts", "outcome", "reason",
-               "old_value", "winner"]]
+    dec = compact_text(dec[["item", "customer_id", "field", "raw", "value", "channel", "source", "ts", "outcome",
+                            "reason", "old_value", "winner"]])
     del records, rec_long, int_long, cand, current
 
     # ---- consents: batch rows (consent files, consent_<channel> columns) and interactions
     con.execute("CREATE OR REPLACE TEMP TABLE _new_consents AS SELECT * FROM consents WHERE sha256 IN (SELECT sha256 FROM _new_sha)")
-    batch_cons = con.execute("""
+    batch_cons = to_frame(con.execute("""
         SELECT c.source || '|' || substr(c.sha256, 1, 16) || '|' || c.channel || '|' || c.source_key AS item,
                c.customer_id, c.channel AS channel_name, c.opted_in, c.updated_at AS ts, c.source AS channel, c.source
-        FROM _new_consents c WHERE c.customer_id IS NOT NULL""").df()
+        FROM _new_consents c WHERE c.customer_id IS NOT NULL"""))
     con.execute("DROP TABLE _new_consents")
     con.execute("DELETE FROM consents WHERE sha256 IN (SELECT sha256 FROM _new_sha)")
     ccand = pd.concat([x for x in (batch_cons, int_cons) if len(x)], ignore_index=True) if (len(batch_cons) or len(int_cons)) \
@@ -944,8 +944,8 @@ def feed(con: duckdb.DuckDBPyConnection, p: dict, *, when=None) -> FeedResult:
     try:
         # the state before the batch, from the copy taken then (the whole state: 12 s at scale)
         state = history.current_consents_sql("_consents_before", "customer_id IN (SELECT customer_id FROM _cc_ids)")
-        cstate = con.execute("SELECT customer_id, channel AS channel_name, opted_in AS cur_opted_in, updated_at AS cur_ts "
-                             f"FROM ({state})").df()
+        cstate = to_frame(con.execute("SELECT customer_id, channel AS channel_name, opted_in AS cur_opted_in, updated_at AS cur_ts "
+                             f"FROM ({state})"))
     finally:
         con.unregister("_cc_ids")
     # the copy of every consent row (9 M rows at scale 185) is not read after this point
@@ -992,11 +992,10 @@ def feed(con: duckdb.DuckDBPyConnection, p: dict, *, when=None) -> FeedResult:
         if len(cdec) else pd.DataFrame(),
     ]
     del dec, cdec, fchg, cchg
-    decisions = pd.concat(parts, ignore_index=True)
+    decisions = compact_text(pd.concat(parts, ignore_index=True))
     del parts
     if len(decisions):
-        decisions = decisions.sort_values(["customer_id", "field", "item"], kind="stable").reset_index(drop=True)
-    n_new = int(links["new"].sum()) if len(links) else 0
+        decisions = sort_frame(con, decisions, ["customer_id", "field", "item"])
     n_new = len(set(links.loc[links["new"].astype(bool), "customer_id"])) if len(links) else 0
     n_new += len(key_only)
     return FeedResult(files=files_table(loads), items=items, decisions=decisions, changes=changes[history.CHANGE_COLUMNS],
@@ -1019,12 +1018,12 @@ def _feed_items(con, loads, dec, cdec, run_id, when) -> pd.DataFrame:
                            "label": [OUTCOMES[k] for k in order]})
     values = []
     if len(dec):
-        con.register("_fi_dec", dec[["item", "customer_id", "source", "outcome", "field", "reason"]].assign(
+        register_frame(con, "_fi_dec", dec[["item", "customer_id", "source", "outcome", "field", "reason"]].assign(
             _idx=np.arange(len(dec), dtype="int64")))
         values.append("SELECT item, customer_id, source, outcome, CAST(field AS VARCHAR) AS field, "
                       "CAST(reason AS VARCHAR) AS reason, 0 AS src, _idx FROM _fi_dec")
     if len(cdec):
-        con.register("_fi_cdec", cdec[["item", "customer_id", "source", "outcome", "channel_name"]].assign(
+        register_frame(con, "_fi_cdec", cdec[["item", "customer_id", "source", "outcome", "channel_name"]].assign(
             _idx=np.arange(len(cdec), dtype="int64")))
         values.append("SELECT item, customer_id, source, outcome, CAST(channel_name AS VARCHAR) AS field, "
                       "NULL::VARCHAR AS reason, 1 AS src, _idx FROM _fi_cdec")
@@ -1108,7 +1107,7 @@ def _feed_items(con, loads, dec, cdec, run_id, when) -> pd.DataFrame:
     con.execute("DROP TABLE IF EXISTS _fi_val; DROP TABLE IF EXISTS _fi_sum")
     con.execute("INSERT INTO feed_items SELECT item, kind, source, customer_id, outcome, reason, ?, ? FROM _fi_items",
                 [run_id, when])
-    items = con.execute("SELECT * FROM _fi_items").df()
+    items = to_frame(con.execute("SELECT * FROM _fi_items"))
     con.execute("DROP TABLE IF EXISTS _fi_val; DROP TABLE IF EXISTS _fi_sum; DROP TABLE IF EXISTS _fi_items")
     if items.empty:
         return pd.DataFrame(columns=cols).astype(object)

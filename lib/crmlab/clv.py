@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from crmlab.charts import fr_number
-from crmlab.db import register_frame
+from crmlab.db import register_frame, to_frame
 from crmlab.errors import CheckError, InputError
 
 UNIT_DAYS = {"day": 1.0, "week": 7.0, "month": 365.25 / 12}
@@ -936,7 +936,7 @@ def tracking(
     # one aggregation of the purchases, no self-join on the first purchase
     register_frame(con, "_clv_cohort", calhold[["customer_id"]])
     try:
-        weekly = con.execute(
+        weekly = to_frame(con.execute(
             f"""
             WITH p AS ({_purchases_sql(table, merge_same_day)})
             SELECT CAST(floor(date_diff('day', CAST(? AS DATE), p.day) / ?) AS BIGINT) + 1 AS week, COUNT(*) AS n
@@ -944,7 +944,7 @@ def tracking(
             GROUP BY 1
             """,
             [end, pd.Timestamp(start).date(), step_days],
-        ).df()
+        ))
     finally:
         con.unregister("_clv_cohort")
     first_week = (pd.to_datetime(calhold["first_purchase"]).values.astype("datetime64[D]") - start).astype(int) // step_days + 1

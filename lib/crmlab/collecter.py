@@ -45,7 +45,7 @@ from scipy.sparse.csgraph import connected_components
 
 from crmlab import uplift
 from crmlab.charts import fr_number, fr_percent
-from crmlab.db import check, now, register_frame
+from crmlab.db import check, now, register_frame, to_frame
 from crmlab.errors import InputError, ParamsError
 from crmlab.params import Param, closest
 from crmlab.sources import SCORE_PREFIX, resolve_source_paths, validate_sources, with_scores
@@ -530,7 +530,7 @@ def collect_measures(con: duckdb.DuckDBPyConnection, rejected: pd.DataFrame | No
         ``new_prospects, matched`` (contacts matched to an existing customer or prospect),
         ``match_rate, data_items, rejected`` (rows of the source left out, any reason).
     """
-    m = con.execute("""
+    m = to_frame(con.execute("""
         SELECT m.source, coalesce(m.operation, m.source) AS operation, m.channel, count(*) AS collected,
                count(DISTINCT m.customer_id) AS customers,
                count(DISTINCT m.customer_id) FILTER (WHERE m.rule = 'prospect') AS new_prospects,
@@ -538,7 +538,7 @@ def collect_measures(con: duckdb.DuckDBPyConnection, rejected: pd.DataFrame | No
                coalesce(sum(it.n), 0) AS data_items
         FROM _col_matched m LEFT JOIN (SELECT interaction_id, count(*) AS n FROM _col_items GROUP BY 1) it USING (interaction_id)
         GROUP BY ALL ORDER BY 1, 2, 3
-    """).df()
+    """))
     m["match_rate"] = m["matched"] / m["collected"].where(m["collected"] > 0)
     rej = (rejected.groupby("source")["rows"].sum() if rejected is not None and len(rejected) else pd.Series(dtype=float))
     first = ~m.duplicated("source")
@@ -580,14 +580,14 @@ def measures_display(m: pd.DataFrame):
 
 def rules_table(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """Contacts per matching rule (French labels)."""
-    t = con.execute("SELECT rule, count(*) AS contacts FROM _col_matched GROUP BY 1 ORDER BY 2 DESC").df()
+    t = to_frame(con.execute("SELECT rule, count(*) AS contacts FROM _col_matched GROUP BY 1 ORDER BY 2 DESC"))
     t["rule"] = t["rule"].map(RULE_LABELS)
     return t.rename(columns={"rule": "Règle", "contacts": "Contacts"})
 
 
 def items_table(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """Count the data items brought per field and kind of change (French labels)."""
-    t = con.execute("""SELECT field, change, count(*) AS items FROM _col_items GROUP BY ALL ORDER BY 1, 2""").df()
+    t = to_frame(con.execute("""SELECT field, change, count(*) AS items FROM _col_items GROUP BY ALL ORDER BY 1, 2"""))
     if t.empty:
         return pd.DataFrame(columns=["Champ", "Nouveau", "Modifié"])
     w = t.pivot_table(index="field", columns="change", values="items", aggfunc="sum", fill_value=0).reset_index()
@@ -600,12 +600,12 @@ def items_table(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
 
 def consent_changes(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """Consent changes brought by this step's contacts, per channel."""
-    return con.execute("""
+    return to_frame(con.execute("""
         SELECT consent_channel AS "Canal", count(*) FILTER (WHERE consent_opted_in) AS "Accords",
                count(*) FILTER (WHERE NOT consent_opted_in) AS "Refus"
         FROM _col_matched WHERE customer_id IS NOT NULL AND consent_channel IS NOT NULL AND consent_opted_in IS NOT NULL
         GROUP BY 1 ORDER BY 1
-    """).df()
+    """))
 
 
 def rejected_display(rejected: pd.DataFrame):
@@ -670,14 +670,14 @@ def satisfaction(con: duckdb.DuckDBPyConnection, p: dict, by: str = "segment") -
     group = {"segment": """CASE WHEN i.customer_id IS NULL THEN 'Anonymes' WHEN c.is_prospect THEN 'Prospects'
                                  ELSE coalesce(s.rfm_segment, 'Non segmentés') END""",
              "channel": "i.channel"}[by]
-    frame = con.execute(f"""
+    frame = to_frame(con.execute(f"""
         SELECT {group} AS grp, sc.score_type, sc.score
         FROM interactions i JOIN {scores_sql()} sc ON sc.interaction_id = i.interaction_id
         LEFT JOIN customers c ON c.customer_id = i.customer_id
         LEFT JOIN segments s ON s.customer_id = i.customer_id AND s.as_of = ?
         WHERE sc.score_type IN ('nps', 'csat')
           AND i.ts < CAST(? AS DATE) AND i.ts >= CAST(? AS DATE) - to_days(CAST(? AS INTEGER))
-    """, [snap, as_of, as_of, p["survey_recent_days"]]).df()
+    """, [snap, as_of, as_of, p["survey_recent_days"]]))
     rows = []
     groups = [(g, f) for g, f in frame.groupby("grp", sort=True)] + [("Ensemble", frame)]
     for g, f in groups:

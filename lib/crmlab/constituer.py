@@ -14,7 +14,7 @@ import duckdb
 import pandas as pd
 
 from crmlab import db
-from crmlab.db import check
+from crmlab.db import check, to_frame
 from crmlab.errors import InputError, ParamsError
 from crmlab.params import Param
 from crmlab.sources import resolve_source_paths, validate_sources
@@ -235,7 +235,7 @@ def reject_examples(con: duckdb.DuckDBPyConnection, p: dict, per_reason: int = 2
     """
     from crmlab.display import mask_email, mask_phone
 
-    frame = con.execute(
+    frame = to_frame(con.execute(
         """
         SELECT source, path, row_number, reason, column_name, value FROM (
             SELECT *, row_number() OVER (PARTITION BY source, reason ORDER BY path, row_number) AS k
@@ -243,7 +243,7 @@ def reject_examples(con: duckdb.DuckDBPyConnection, p: dict, per_reason: int = 2
         WHERE k <= ? ORDER BY source, reason, row_number
         """,
         [p["run_id"], per_reason],
-    ).df()
+    ))
     if frame.empty:
         from crmlab.display import HTMLBlock
 
@@ -273,10 +273,10 @@ def export_rejects(con: duckdb.DuckDBPyConnection, p: dict) -> str:
     The file holds the raw rows (with personal data) so that the data owner can fix them;
     it stays in the run folder, never in a report.
     """
-    frame = con.execute(
+    frame = to_frame(con.execute(
         "SELECT source, path, row_number, reason, column_name, value, record FROM rejects "
         "WHERE run_id = ? AND step = '01' ORDER BY source, path, row_number", [p["run_id"]],
-    ).df()
+    ))
     if frame.empty:
         return "Aucune ligne à corriger."
     out = output_dir(p) / "rejets_a_corriger.csv"
@@ -329,7 +329,7 @@ def add_key_only_records(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     con.execute(f"CREATE OR REPLACE TEMP TABLE _missing_keys AS SELECT u.* FROM ({union}) u "
                 "ANTI JOIN source_customers c ON c.source = u.source AND c.source_key = u.source_key")
     con.execute("INSERT INTO source_customers (source, source_key) SELECT source, source_key FROM _missing_keys")
-    return con.execute("SELECT source, count(*) AS records FROM _missing_keys GROUP BY source ORDER BY source").df()
+    return to_frame(con.execute("SELECT source, count(*) AS records FROM _missing_keys GROUP BY source ORDER BY source"))
 
 
 def build_customer_view(con: duckdb.DuckDBPyConnection, p: dict):
@@ -369,9 +369,9 @@ def build_customer_view(con: duckdb.DuckDBPyConnection, p: dict):
         "UPDATE customers SET is_prospect = customer_id NOT IN (SELECT DISTINCT customer_id FROM transactions WHERE customer_id IS NOT NULL)"
     )
     view.key_only = key_only
-    view.rule_counts = con.execute(
+    view.rule_counts = to_frame(con.execute(
         "SELECT rule, count(*) AS records FROM customer_links GROUP BY rule ORDER BY records DESC, rule"
-    ).df()
+    ))
     view.rule_counts["rule"] = view.rule_counts["rule"].map(lambda r: RULE_LABELS.get(r, r))
     return view
 
@@ -549,8 +549,8 @@ def carry_over_ids(con: duckdb.DuckDBPyConnection, before: str = LINKS_BEFORE) -
         n = con.execute(sql).fetchone()[0]
         if n:
             dropped[table] = int(n)
-    mapping = con.execute("SELECT old_id, new_id, records, targets, rank FROM _co_map WHERE old_id <> new_id "
-                          "ORDER BY old_id").df()
+    mapping = to_frame(con.execute("SELECT old_id, new_id, records, targets, rank FROM _co_map WHERE old_id <> new_id "
+                          "ORDER BY old_id"))
     con.execute("DROP TABLE IF EXISTS _co_map; DROP TABLE IF EXISTS _co_orphans")
     return CarryOver(mapping=mapping, carried=len(mapping), splits=int((mapping["targets"] > 1).sum()),
                      recovered=int(recovered), rows=rows, dropped=dropped)

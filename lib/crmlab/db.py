@@ -22,12 +22,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from crmlab.errors import CheckError, InputError
 
@@ -463,20 +466,102 @@ def update_by_rowid(con: duckdb.DuckDBPyConnection, table: str, column: str | li
     return int(n)
 
 
+# nullable pandas types of the integer and boolean columns that hold NULLs (as ``.df()`` gives them)
+_NULLABLE = {pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(),
+             pa.int64(): pd.Int64Dtype(), pa.uint8(): pd.UInt8Dtype(), pa.uint16(): pd.UInt16Dtype(),
+             pa.uint32(): pd.UInt32Dtype(), pa.uint64(): pd.UInt64Dtype(), pa.bool_(): pd.BooleanDtype()}
+
+
+# result types :func:`to_frame` fetches through Arrow (the others as ``.df()`` does)
+_FLAT_TYPE = re.compile(r"VARCHAR|U?(BIG|SMALL|TINY|HUGE)?INT(EGER)?|BOOLEAN|DOUBLE|FLOAT|DECIMAL\(\d+,\s*\d+\)"
+                        r"|DATE|TIMESTAMP(_NS|_MS|_S)?")
+
+
+def to_frame(result: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """The rows of an executed query as a pandas frame, typed as DuckDB's ``.df()`` types them.
+
+    Fetched through Arrow: ``.df()`` builds a Python object per text value and pandas
+    turns them back into Arrow strings, 2.0 s for 3.5 million rows of three text columns,
+    against 0.4 s this way. Types as ``.df()``: DECIMAL and HUGEINT as float64, DATE as
+    ``datetime64[us]``, integers and booleans nullable (``Int64``, ``boolean``) only when
+    the column holds a NULL. Results with other types (lists, structs, intervals…) or
+    with twice the same column name go through ``.df()``.
+    """
+    desc = result.description or []
+    names = [d[0] for d in desc]
+    if len(set(names)) < len(names) or not all(_FLAT_TYPE.fullmatch(str(d[1])) for d in desc):
+        return result.df()
+    table = result.to_arrow_table()
+    for i, field in enumerate(table.schema):
+        if pa.types.is_decimal(field.type):
+            table = table.set_column(i, field.name, pc.cast(table.column(i), pa.float64()))
+        elif pa.types.is_date(field.type):
+            table = table.set_column(i, field.name, pc.cast(table.column(i), pa.timestamp("us")))
+    frame = table.to_pandas(types_mapper=_NULLABLE.get)
+    for i, field in enumerate(table.schema):
+        if field.type in _NULLABLE and table.column(i).null_count == 0:
+            frame.isetitem(i, frame.iloc[:, i].to_numpy(dtype=_NULLABLE[field.type].numpy_dtype))
+    return frame
+
+
+def sort_frame(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """``frame`` sorted on ``keys`` (ascending, NULLs last, stable), index reset.
+
+    The order is computed by DuckDB: pandas sorting 3.5 million rows on three text
+    columns took 5 s at scale 185, DuckDB 1 to 2 s.
+    """
+    if len(frame) < 2:
+        return frame.reset_index(drop=True)
+    table = pa.Table.from_pandas(frame[keys], preserve_index=False)
+    table = table.append_column("_pos", pa.array(range(len(frame)), type=pa.int64()))
+    con.register("_sort_keys", table)
+    try:
+        order = ", ".join(f'"{k}" NULLS LAST' for k in keys)
+        pos = con.execute(f"SELECT _pos FROM _sort_keys ORDER BY {order}, _pos").fetchnumpy()["_pos"]
+    finally:
+        con.unregister("_sort_keys")
+    return frame.take(pos).reset_index(drop=True)
+
+
+def _text_columns(frame: pd.DataFrame) -> list:
+    """Object columns of ``frame`` holding only texts and missing values (or nothing)."""
+    return [c for c in frame.columns if frame[c].dtype == object
+            and pd.api.types.infer_dtype(frame[c], skipna=True) in ("string", "empty")]
+
+
+def compact_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its object columns of texts stored as Arrow strings (``str`` dtype), in place.
+
+    A Python string costs about 50 bytes plus its text and a pointer; an Arrow string its
+    text and 4 bytes: step 05's 3.5 million decisions at scale 185 shrink by several
+    hundred MB, and DuckDB reads them without copying. Missing values become NaN.
+    """
+    for col in _text_columns(frame):
+        frame[col] = frame[col].astype("str")
+    return frame
+
+
 def register_frame(con: duckdb.DuckDBPyConnection, name: str, frame: pd.DataFrame) -> None:
     """Register a pandas frame as a view, its text columns typed VARCHAR even when empty or all null.
 
     DuckDB infers an object column's type from its values: an empty or all-null one
-    would come out INTEGER and break string functions and unions downstream.
+    would come out INTEGER and break string functions and unions downstream. The frame
+    goes through Arrow: DuckDB reading pandas text columns directly takes each value out
+    as a Python object (2.9 s for 3.5 million rows of three text columns, 0.6 s this way).
+    A frame Arrow cannot type (an object column mixing numbers and texts) is registered as is.
     """
     out = frame
-    text = [c for c in frame.columns
-            if frame[c].dtype == object and all(isinstance(v, str) for v in frame[c].dropna())]
+    text = _text_columns(frame)
     if text:
         out = frame.copy()
         for col in text:
             out[col] = out[col].astype("string")
-    con.register(name, out)
+    try:
+        table = pa.Table.from_pandas(out, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        con.register(name, out)
+        return
+    con.register(name, table)
 
 
 def require_columns(frame: pd.DataFrame, columns: Iterable[str], what: str) -> None:
@@ -498,5 +583,5 @@ def check(con: duckdb.DuckDBPyConnection, sql: str, message: str) -> None:
     """
     bad = con.execute(f"SELECT COUNT(*) FROM ({sql})").fetchall()[0][0]
     if bad:
-        example = con.execute(f"SELECT * FROM ({sql}) LIMIT 3").df()
+        example = to_frame(con.execute(f"SELECT * FROM ({sql}) LIMIT 3"))
         raise CheckError(f"Contrôle échoué : {message} ({bad} ligne(s), ex. {example.to_dict('records')})")

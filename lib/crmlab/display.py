@@ -100,7 +100,7 @@ def table(frame: pd.DataFrame, formats: dict[str, str] | None = None, labels: di
     return styler
 
 
-def callout(text: str, kind: str = "info") -> "HTMLBlock":
+def callout(text: str, kind: str = "info") -> HTMLBlock:
     """A short highlighted paragraph (finding, warning) for notebooks and reports.
 
     ``text`` is plain French text (escaped); ``**bold**`` is kept.
@@ -112,7 +112,7 @@ def callout(text: str, kind: str = "info") -> "HTMLBlock":
     return HTMLBlock(f'<div style="background:{bg};border-left:4px solid {border};padding:8px 12px;margin:8px 0">{body}</div>')
 
 
-def bullets(items: list[str]) -> "HTMLBlock":
+def bullets(items: list[str]) -> HTMLBlock:
     """A bulleted list of French sentences (escaped; ``**bold**`` kept)."""
     lis = "".join("<li>" + _bold(html.escape(t)) + "</li>" for t in items)
     return HTMLBlock(f"<ul>{lis}</ul>")

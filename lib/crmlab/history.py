@@ -19,7 +19,7 @@ import datetime as dt
 import duckdb
 import pandas as pd
 
-from crmlab.db import now, require_columns
+from crmlab.db import now, register_frame, require_columns, to_frame
 
 #: Contact fields of ``customers`` traced in the history (text columns, plus birth_date).
 CONTACT_FIELDS = ["first_name", "last_name", "email", "phone", "address", "postal_code", "city", "country",
@@ -42,7 +42,7 @@ def current_consents(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     DataFrame
         ``customer_id, channel, opted_in, updated_at, source`` (one row per pair).
     """
-    return con.execute(CURRENT_CONSENTS_SQL + " ORDER BY customer_id, channel").df()
+    return to_frame(con.execute(CURRENT_CONSENTS_SQL + " ORDER BY customer_id, channel"))
 
 
 def current_consents_sql(table: str = "consents", where: str | None = None) -> str:
@@ -114,7 +114,7 @@ def apply_changes(con: duckdb.DuckDBPyConnection, changes: pd.DataFrame, *, run_
     frame["changed_at"] = pd.to_datetime(frame["changed_at"])
     frame["effective_at"] = pd.to_datetime(frame["effective_at"]).fillna(frame["changed_at"])
     base = _next_seq(con)
-    con.register("_hist_in", frame)
+    register_frame(con, "_hist_in", frame)
     try:
         con.execute("""
             INSERT INTO contact_history (customer_id, field, old_value, new_value, channel, source, changed_at,
@@ -158,8 +158,8 @@ def apply_changes(con: duckdb.DuckDBPyConnection, changes: pd.DataFrame, *, run_
 def history(con: duckdb.DuckDBPyConnection, customer_id: str | None = None) -> pd.DataFrame:
     """Return the history rows (all, or one customer's), in the order they were applied."""
     if customer_id is None:
-        return con.execute("SELECT * FROM contact_history ORDER BY seq").df()
-    return con.execute("SELECT * FROM contact_history WHERE customer_id = ? ORDER BY seq", [customer_id]).df()
+        return to_frame(con.execute("SELECT * FROM contact_history ORDER BY seq"))
+    return to_frame(con.execute("SELECT * FROM contact_history WHERE customer_id = ? ORDER BY seq", [customer_id]))
 
 
 def current_values(con: duckdb.DuckDBPyConnection, customer_ids: list[str] | None = None) -> pd.DataFrame:
@@ -180,10 +180,10 @@ def current_values(con: duckdb.DuckDBPyConnection, customer_ids: list[str] | Non
                  f"FROM ({current_consents_sql(where=only or None)})")
     sql = " UNION ALL ".join(parts)
     if customer_ids is None:
-        return con.execute(f"SELECT * FROM ({sql}) ORDER BY customer_id, field").df()
-    con.register("_cv_ids", pd.DataFrame({"customer_id": list(customer_ids)}, dtype=object))
+        return to_frame(con.execute(f"SELECT * FROM ({sql}) ORDER BY customer_id, field"))
+    register_frame(con, "_cv_ids", pd.DataFrame({"customer_id": list(customer_ids)}, dtype=object))
     try:
-        return con.execute(f"SELECT * FROM ({sql}) ORDER BY customer_id, field").df()
+        return to_frame(con.execute(f"SELECT * FROM ({sql}) ORDER BY customer_id, field"))
     finally:
         con.unregister("_cv_ids")
 
@@ -212,12 +212,12 @@ def record_as_of(con: duckdb.DuckDBPyConnection, as_of: str | dt.datetime | pd.T
     if isinstance(as_of, str) and len(as_of) <= 10 or (isinstance(as_of, dt.date) and not isinstance(as_of, dt.datetime)):
         ts = ts + pd.Timedelta(days=1) - pd.Timedelta(seconds=1)
     cur = current_values(con, customer_ids)
-    con.register("_rao_cur", cur)
+    register_frame(con, "_rao_cur", cur)
     ids = pd.DataFrame({"customer_id": list(customer_ids) if customer_ids is not None else []}, dtype=object)
-    con.register("_rao_ids", ids)
+    register_frame(con, "_rao_ids", ids)
     restrict = "" if customer_ids is None else "WHERE customer_id IN (SELECT customer_id FROM _rao_ids)"
     try:
-        out = con.execute(f"""
+        out = to_frame(con.execute(f"""
             WITH h AS (SELECT * FROM contact_history {restrict}),
             hist AS (
                 SELECT customer_id, field,
@@ -234,7 +234,7 @@ def record_as_of(con: duckdb.DuckDBPyConnection, as_of: str | dt.datetime | pd.T
             FROM keys k
             LEFT JOIN hist USING (customer_id, field)
             LEFT JOIN _rao_cur c USING (customer_id, field)
-        """, [ts.to_pydatetime(), ts.to_pydatetime()]).df()
+        """, [ts.to_pydatetime(), ts.to_pydatetime()]))
     finally:
         con.unregister("_rao_cur")
         con.unregister("_rao_ids")

@@ -64,7 +64,7 @@ from rapidfuzz.distance import DamerauLevenshtein, JaroWinkler
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from crmlab.db import register_frame
+from crmlab.db import register_frame, to_frame
 from crmlab.errors import CheckError, InputError
 from crmlab.normalize import normalize_customers
 
@@ -517,11 +517,11 @@ def _block_pairs(con: duckdb.DuckDBPyConnection, norm: str, max_block: int, wind
         SEMI JOIN (SELECT kind, h FROM _id_keysize WHERE n <= ?) s USING (kind, h)
     """, [max_block])
     names = " ".join(f"WHEN {b} THEN '{k}'" for k, b in bit.items())
-    skipped = con.execute(
+    skipped = to_frame(con.execute(
         f"SELECT CASE kind {names} END AS kind, count(*) AS n_keys, max(n) AS max_records FROM _id_keysize "
         "WHERE n > ? GROUP BY 1 ORDER BY 1",
         [max_block],
-    ).df()
+    ))
     spelled = ", ".join(f"CASE WHEN mask & {b} <> 0 THEN '{k}' END" for k, b in bit.items())
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _id_cand AS
@@ -946,7 +946,7 @@ def evaluate(con_or_links: duckdb.DuckDBPyConnection | pd.DataFrame, truth_csv: 
     if isinstance(con_or_links, pd.DataFrame):
         links = con_or_links
     else:
-        links = con_or_links.execute("SELECT source, source_key, customer_id FROM customer_links").df()
+        links = to_frame(con_or_links.execute("SELECT source, source_key, customer_id FROM customer_links"))
     return _pairwise(links.astype({"source": str, "source_key": str}), _truth_frame(truth_csv))
 
 
@@ -1095,10 +1095,10 @@ def link(
     # every edge accepted at the lowest threshold of the grid, read once: each threshold
     # keeps the exact-rule edges and the fuzzy ones scoring at least that threshold
     lowest = min([threshold, *threshold_grid])
-    all_edges = con.execute("""
+    all_edges = to_frame(con.execute("""
         SELECT rid_a, rid_b, rule, score FROM identity_pairs
         WHERE rule IN ('decision', 'email', 'phone_name', 'name_birth') OR (rule = 'fuzzy' AND score >= ?)
-    """, [lowest]).df()
+    """, [lowest]))
     cannot = {(int(a), int(b)) for a, b in con.execute(
         "SELECT rid_a, rid_b FROM _id_dec WHERE decision = 'different'").fetchall()}
     # attributes for the guard: records of groups of 3+ at the lowest threshold (the only
@@ -1209,13 +1209,13 @@ def link(
             con.unregister(view)
 
     lap("tables")
-    clusters = con.execute("SELECT customer_id, n_records, sources FROM customers ORDER BY customer_id").df()
+    clusters = to_frame(con.execute("SELECT customer_id, n_records, sources FROM customers ORDER BY customer_id"))
     review = _review(con, norm, review_lo, review_hi, threshold)
     if review_out:
         out_path = Path(review_out)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         review.to_csv(out_path, sep=";", index=False, encoding="utf-8-sig")
-    examples = con.execute(f"""
+    examples = to_frame(con.execute(f"""
         WITH m AS (
             SELECT customer_id FROM customers WHERE n_records > 1
             ORDER BY md5(customer_id) LIMIT ?
@@ -1225,9 +1225,9 @@ def link(
         FROM customer_links l JOIN m USING (customer_id)
         JOIN {norm} r ON r.source = l.source AND r.source_key = l.source_key
         ORDER BY l.customer_id, l.source, l.source_key
-    """, [n_examples]).df()
+    """, [n_examples]))
     low = min(review_lo, *grid)
-    pairs = con.execute(f"""
+    pairs = to_frame(con.execute(f"""
         SELECT a.source AS source_a, a.source_key AS key_a, b.source AS source_b, b.source_key AS key_b,
                p.rule, p.score, p.weight,
                (p.rule IN ('decision', 'email', 'phone_name', 'name_birth')
@@ -1235,15 +1235,15 @@ def link(
         FROM identity_pairs p JOIN {norm} a ON a.rid = p.rid_a JOIN {norm} b ON b.rid = p.rid_b
         WHERE p.score >= ? OR p.rule NOT IN ('fuzzy') AND (p.weight > 0 OR p.decision IS NOT NULL)
         ORDER BY source_a, key_a, source_b, key_b
-    """, [threshold, low]).df()
+    """, [threshold, low]))
     register_frame(con, "_id_refused", refused.assign(i=np.arange(len(refused), dtype=np.int64)))
     try:
-        refusals = con.execute(f"""
+        refusals = to_frame(con.execute(f"""
             SELECT a.source AS source_a, a.source_key AS key_a, b.source AS source_b, b.source_key AS key_b,
                    f.rule, f.score, f.reason
             FROM _id_refused f JOIN {norm} a ON a.rid = f.rid_a JOIN {norm} b ON b.rid = f.rid_b
             ORDER BY f.i
-        """).df()
+        """))
     finally:
         con.unregister("_id_refused")
     counts = {
@@ -1275,7 +1275,7 @@ def _review(con: duckdb.DuckDBPyConnection, norm: str, lo: float, hi: float, thr
     """Uncertain pairs with both records' fields (PII) and an empty ``decision`` column."""
     side = ("first_name", "last_name", "email", "phone", "address", "postal_code", "city", "birth_date")
     cols = ", ".join(f"a.{c} AS {c}_a, b.{c} AS {c}_b" for c in side)
-    return con.execute(f"""
+    return to_frame(con.execute(f"""
         SELECT a.source AS source_a, a.source_key AS key_a, b.source AS source_b, b.source_key AS key_b,
                round(p.score, 4) AS score,
                CASE WHEN p.score >= ? THEN 'fusionné' ELSE 'non fusionné' END AS proposition,
@@ -1284,7 +1284,7 @@ def _review(con: duckdb.DuckDBPyConnection, norm: str, lo: float, hi: float, thr
         JOIN {norm} a ON a.rid = p.rid_a JOIN {norm} b ON b.rid = p.rid_b
         WHERE p.rule = 'fuzzy' AND p.score >= ? AND p.score < ? AND p.decision IS NULL
         ORDER BY p.score DESC, source_a, key_a, source_b, key_b
-    """, [threshold, lo, hi]).df()
+    """, [threshold, lo, hi]))
 
 
 # --------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ import duckdb
 import pandas as pd
 import phonenumbers
 
-from crmlab.db import register_frame
+from crmlab.db import register_frame, to_frame
 
 __all__ = [
     "ADDRESS_ABBREVIATIONS",
@@ -392,7 +392,7 @@ def phone_fast_e164(values: pd.Series, countries: pd.Series | None = None, regio
 
 def _map_distinct(con: duckdb.DuckDBPyConnection, sql: str, func, name_: str) -> str:
     """Apply ``func(raw[, extra])`` once per distinct row of ``sql`` (columns raw[, extra]); register the result."""
-    frame = con.execute(sql).df()
+    frame = to_frame(con.execute(sql))
     if frame.shape[1] == 1:
         frame.columns = ["raw"]
         frame["norm"] = [func(v) for v in frame.iloc[:, 0].tolist()]
@@ -464,7 +464,7 @@ def normalize_customers(
         _map_distinct(con, "SELECT DISTINCT first_name FROM _nc_raw WHERE first_name IS NOT NULL "
                       "UNION SELECT DISTINCT last_name FROM _nc_raw WHERE last_name IS NOT NULL",
                       lambda v: (name(v)), "_nc_names")
-        names = con.execute("SELECT * FROM _nc_names").df()
+        names = to_frame(con.execute("SELECT * FROM _nc_names"))
         names.columns = ["raw", "norm"]
         names["phon"] = [phonetic(v) for v in names["norm"].tolist()]
         names["phon"] = names["phon"].astype(object)
@@ -509,9 +509,9 @@ def normalize_customers(
             con.execute("CREATE OR REPLACE TEMP TABLE _nc_phone_fast AS "
                         "SELECT NULL::VARCHAR AS raw, NULL::VARCHAR AS country, NULL::VARCHAR AS e164, "
                         "NULL::BOOLEAN AS mobile WHERE FALSE")
-        phones = con.execute(
+        phones = to_frame(con.execute(
             "SELECT DISTINCT phone AS raw, country FROM _nc_raw r WHERE phone IS NOT NULL AND NOT EXISTS "
-            "(SELECT 1 FROM _nc_phone_fast f WHERE f.raw = r.phone AND f.country IS NOT DISTINCT FROM r.country)").df()
+            "(SELECT 1 FROM _nc_phone_fast f WHERE f.raw = r.phone AND f.country IS NOT DISTINCT FROM r.country)"))
         parsed = [
             _parse_phone(t, country(c, region) or region) if (t := _phone_text(p)) else (None, None)
             for p, c in zip(phones["raw"].tolist(), phones["country"].tolist(), strict=True)

@@ -18,7 +18,7 @@ import pandas as pd
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
-from crmlab.db import register_frame, require_columns
+from crmlab.db import register_frame, require_columns, to_frame
 
 #: Postal code pattern per ISO country code (after trimming and upper-casing).
 POSTAL_PATTERNS: dict[str, str] = {
@@ -203,8 +203,8 @@ def audit_customers(con: duckdb.DuckDBPyConnection, *, region: str = "FR",
     cols = ["customer_id", "field", "value", "reason"]
     found = []
     for f in sorted(fields):  # sorted by field, then customer, as before
-        distinct = con.execute(f"SELECT DISTINCT CAST({f} AS VARCHAR) AS value, country FROM customers "
-                               f"WHERE {f} IS NOT NULL").df()
+        distinct = to_frame(con.execute(f"SELECT DISTINCT CAST({f} AS VARCHAR) AS value, country FROM customers "
+                               f"WHERE {f} IS NOT NULL"))
         if distinct.empty:
             continue
         flagged = flag_values(distinct.assign(field=f), region=region)
@@ -213,11 +213,11 @@ def audit_customers(con: duckdb.DuckDBPyConnection, *, region: str = "FR",
             continue
         register_frame(con, "_audit_bad", bad)
         try:
-            found.append(con.execute(f"""
+            found.append(to_frame(con.execute(f"""
                 SELECT c.customer_id, '{f}' AS field, b.value, b.reason
                 FROM customers c JOIN _audit_bad b
                   ON CAST(c.{f} AS VARCHAR) = b.value AND c.country IS NOT DISTINCT FROM b.country
-                ORDER BY c.customer_id""").df())
+                ORDER BY c.customer_id""")))
         finally:
             con.unregister("_audit_bad")
     if not found:
@@ -268,7 +268,7 @@ def last_confirmed(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
         ``customer_id, is_prospect, email, phone, last_confirmed`` (timestamp, NaT when
         never dated), one row per customer.
     """
-    return con.execute("""
+    return to_frame(con.execute("""
         WITH ev AS (
             SELECT l.customer_id, coalesce(s.updated_at, s.created_at) AS ts
             FROM customer_links l JOIN source_customers s ON s.source = l.source AND s.source_key = l.source_key
@@ -281,7 +281,7 @@ def last_confirmed(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
                greatest(l.ts, c.updated_at) AS last_confirmed
         FROM customers c LEFT JOIN last l USING (customer_id)
         ORDER BY c.customer_id
-    """).df()
+    """))
 
 
 def freshness(confirmed: pd.DataFrame, reference: str | pd.Timestamp, months: int) -> tuple[float, pd.DataFrame]:

@@ -29,7 +29,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from crmlab.db import register_frame
+from crmlab.db import register_frame, to_frame
 from crmlab.errors import ParamsError
 
 # --------------------------------------------------------------------------- schemes
@@ -370,7 +370,7 @@ def compute_rfm(
     monetary = "total_spend" if monetary_basis == "total" else f"total_spend / GREATEST({freq}, 1)"
     start = window_start(as_of, revenue_months)
     sql = _RFM_SQL.replace("{freq}", freq).replace("{monetary}", monetary)
-    return con.execute(sql, [as_of, start, as_of, bins, bins, bins]).df()
+    return to_frame(con.execute(sql, [as_of, start, as_of, bins, bins, bins]))
 
 
 # Recency and frequency of every customer at several dates in one pass over the
@@ -539,7 +539,7 @@ def rf_grid_at(con: duckdb.DuckDBPyConnection, dates: Sequence, *, bins: int = 5
         register_frame(con, "_rf_keys", keys)
     register_frame(con, "_rf_dates", pd.DataFrame({"as_of": days}, dtype=object))
     try:
-        return con.execute(sql).df()
+        return to_frame(con.execute(sql))
     finally:
         con.unregister("_rf_dates")
         if keys is not None:

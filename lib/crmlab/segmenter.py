@@ -17,7 +17,7 @@ import seaborn as sns
 
 from crmlab import charts, db, rfm, targets
 from crmlab.charts import fr_money, fr_number, fr_percent
-from crmlab.db import register_frame
+from crmlab.db import register_frame, to_frame
 from crmlab.errors import CheckError, InputError, ParamsError
 from crmlab.params import Param
 
@@ -413,7 +413,7 @@ def migration(con: duckdb.DuckDBPyConnection, p: dict, customers: pd.DataFrame,
     register_frame(con, "_mig_a", pd.DataFrame({"i": np.arange(len(a)), "customer_id": a["customer_id"].reset_index(drop=True)}))
     register_frame(con, "_mig_b", b)
     try:
-        joined = con.execute("""
+        joined = to_frame(con.execute("""
             SELECT b.segment AS before, coalesce(r.revenue_before, 0.0) AS revenue_before,
                    coalesce(r.revenue_after, 0.0) AS revenue_after
             FROM _mig_a a LEFT JOIN _mig_b b ON b.customer_id = a.customer_id
@@ -424,7 +424,7 @@ def migration(con: duckdb.DuckDBPyConnection, p: dict, customers: pd.DataFrame,
                 FROM transactions WHERE customer_id IS NOT NULL AND ts >= CAST(? AS DATE) AND ts < CAST(? AS DATE)
                 GROUP BY customer_id
             ) r ON r.customer_id = a.customer_id
-            ORDER BY a.i""", [t_start, t0, t0, p["as_of"], t_start, p["as_of"]]).df()
+            ORDER BY a.i""", [t_start, t0, t0, p["as_of"], t_start, p["as_of"]]))
     finally:
         con.unregister("_mig_a")
         con.unregister("_mig_b")
@@ -580,7 +580,7 @@ def write_kpis(con: duckdb.DuckDBPyConnection, kpis: pd.DataFrame, *, run_id: st
     DataFrame
         Every KPI written (``kpi, dimension, value, unit``).
     """
-    earlier = con.execute("SELECT kpi, dimension, value, unit FROM kpis WHERE run_id = ? AND step = '02'", [run_id]).df()
+    earlier = to_frame(con.execute("SELECT kpi, dimension, value, unit FROM kpis WHERE run_id = ? AND step = '02'", [run_id]))
     keys = set(zip(kpis["kpi"], kpis["dimension"], strict=True))
     keep = earlier[[(k, d) not in keys for k, d in zip(earlier["kpi"], earlier["dimension"], strict=True)]]
     allk = pd.concat([keep, kpis], ignore_index=True) if len(keep) else kpis
@@ -590,7 +590,7 @@ def write_kpis(con: duckdb.DuckDBPyConnection, kpis: pd.DataFrame, *, run_id: st
 
 def model_fits(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
     """Fitted model parameters this run stored in ``model_fits`` (``model, param, value``)."""
-    return con.execute("SELECT model, param, value FROM model_fits WHERE run_id = ? ORDER BY model, param", [run_id]).df()
+    return to_frame(con.execute("SELECT model, param, value FROM model_fits WHERE run_id = ? ORDER BY model, param", [run_id]))
 
 
 def run_checks(con: duckdb.DuckDBPyConnection, p: dict, table: pd.DataFrame, contacts: pd.DataFrame,

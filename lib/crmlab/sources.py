@@ -45,7 +45,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from crmlab.db import now, register_frame
+from crmlab.db import now, register_frame, to_frame
 from crmlab.errors import InputError, ParamsError
 from crmlab.params import closest, resolve_path
 
@@ -1632,5 +1632,5 @@ def rejects_summary(con: duckdb.DuckDBPyConnection, source: str | None = None) -
         "FROM rejects {w} GROUP BY ALL ORDER BY source, path, rows DESC, reason"
     )
     if source is None:
-        return con.execute(sql.format(w="")).df()
-    return con.execute(sql.format(w="WHERE source = ?"), [source]).df()
+        return to_frame(con.execute(sql.format(w="")))
+    return to_frame(con.execute(sql.format(w="WHERE source = ?"), [source]))
