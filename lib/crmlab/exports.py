@@ -394,5 +394,5 @@ def read_export(path: str | os.PathLike) -> pd.DataFrame:
     """Read back an export file (CSV or xlsx) as text columns (for checks and tests)."""
     path = Path(path)
     if path.suffix == ".xlsx":
-        return pd.read_excel(path, dtype=str, keep_default_na=False)
+        return pd.read_excel(path, dtype=str, keep_default_na=False, engine="calamine")
     return pd.read_csv(path, sep=";", dtype=str, encoding="utf-8-sig", keep_default_na=False)
