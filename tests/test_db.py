@@ -205,16 +205,6 @@ def test_register_frame_keeps_types_and_falls_back_on_mixed_columns():
     assert con.execute("SELECT count(*) FROM _m").fetchone()[0] == 2
 
 
-def test_sort_frame_is_a_stable_sort_with_missing_values_last():
-    con = db.connect(":memory:")
-    frame = pd.DataFrame({"k": ["b", None, "a", "b", "a", None], "j": ["x", "y", "x", "x", None, "a"],
-                          "v": range(6)})
-    frame["k"] = frame["k"].astype("str")
-    expected = frame.sort_values(["k", "j"], kind="stable").reset_index(drop=True)
-    pd.testing.assert_frame_equal(db.sort_frame(con, frame, ["k", "j"]), expected)
-    assert db.sort_frame(con, frame.iloc[:0], ["k"]).empty
-
-
 def test_compact_text_stores_texts_as_arrow_strings_and_leaves_other_columns():
     frame = pd.DataFrame({"s": ["a", None, "b"], "mixed": ["a", 1, None], "n": [1, 2, 3]})
     frame["s"] = frame["s"].astype(object)

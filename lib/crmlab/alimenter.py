@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from crmlab import history, identity, normalize, quality
-from crmlab.db import check, compact_text, now, register_frame, sort_frame, to_frame, update_by_rowid
+from crmlab.db import check, compact_text, now, register_frame, to_frame, update_by_rowid
 from crmlab.errors import InputError, ParamsError
 from crmlab.params import Param
 from crmlab.sources import resolve_source_paths, validate_sources
@@ -975,27 +975,50 @@ def feed(con: duckdb.DuckDBPyConnection, p: dict, *, when=None) -> FeedResult:
     con.execute("UPDATE customers SET is_prospect = FALSE WHERE is_prospect AND customer_id IN "
                 "(SELECT DISTINCT customer_id FROM transactions WHERE customer_id IS NOT NULL)")
 
-    # ---- ledger of fed items
-    items = _feed_items(con, loads, dec, cdec, p["run_id"], when)
-    con.unregister("_new_sha")
-    # the staged rows of the batch are not read after the ledger (their memory goes back to
-    # DuckDB for the measures that follow)
-    for ld in loads:
-        con.execute(f"DROP TABLE IF EXISTS {ld.staged}")
+    # ---- decisions, then the ledger of fed items
+    # one frame of every decision (values, then consents), copied to DuckDB and released
+    # before the ledger is built from it: the ledger's aggregation with the pandas frames
+    # alive was the memory peak of the chain at ten million transactions
     parts = [
         dec[["item", "customer_id", "field", "raw", "value", "channel", "source", "ts", "outcome", "reason", "old_value"]]
-        if len(dec) else pd.DataFrame(),
+        .assign(_ledger_field=dec["field"]) if len(dec) else pd.DataFrame(),
         cdec.assign(field=history.CONSENT_PREFIX + cdec["channel_name"].astype(str),
                     raw=cdec["opted_in"].map(lambda v: "oui" if v else "non"),
-                    value=cdec["opted_in"].map(lambda v: "true" if v else "false"), reason=None)[
-            ["item", "customer_id", "field", "raw", "value", "channel", "source", "ts", "outcome", "reason", "old_value"]]
+                    value=cdec["opted_in"].map(lambda v: "true" if v else "false"), reason=None,
+                    _ledger_field=cdec["channel_name"].astype(str))[
+            ["item", "customer_id", "field", "raw", "value", "channel", "source", "ts", "outcome", "reason", "old_value",
+             "_ledger_field"]]
         if len(cdec) else pd.DataFrame(),
     ]
     del dec, cdec, fchg, cchg
     decisions = compact_text(pd.concat(parts, ignore_index=True))
     del parts
-    if len(decisions):
-        decisions = sort_frame(con, decisions, ["customer_id", "field", "item"])
+    decision_cols = ["item", "customer_id", "field", "raw", "value", "channel", "source", "ts", "outcome", "reason",
+                     "old_value"]
+    if decisions.empty:
+        decisions = pd.DataFrame(columns=decision_cols + ["_ledger_field"]).astype(object)
+    decisions["_pos"] = np.arange(len(decisions), dtype="int64")
+    register_frame(con, "_feed_dec_df", decisions)
+    try:
+        con.execute("CREATE OR REPLACE TEMP TABLE _feed_dec AS SELECT * FROM _feed_dec_df")
+    finally:
+        con.unregister("_feed_dec_df")
+    del decisions
+    items = _feed_items(con, loads, "_feed_dec", p["run_id"], when)
+    con.unregister("_new_sha")
+    # the staged rows of the batch are not read after the ledger (their memory goes back to
+    # DuckDB for the measures that follow)
+    for ld in loads:
+        con.execute(f"DROP TABLE IF EXISTS {ld.staged}")
+    # sorted by customer, field and item, ties in the order of the decisions (a stable sort)
+    decisions = to_frame(con.execute(
+        f"SELECT {', '.join(decision_cols)} FROM _feed_dec "
+        "ORDER BY customer_id NULLS LAST, field NULLS LAST, item NULLS LAST, _pos"))
+    con.execute("DROP TABLE _feed_dec")
+    # the few-valued columns as categories: as Arrow strings they cost their text on each of
+    # the 3.5 M rows at scale 185 (~200 MB, the step's memory peak came after)
+    for col in ("field", "channel", "source", "outcome"):
+        decisions[col] = decisions[col].astype("category")
     n_new = len(set(links.loc[links["new"].astype(bool), "customer_id"])) if len(links) else 0
     n_new += len(key_only)
     return FeedResult(files=files_table(loads), items=items, decisions=decisions, changes=changes[history.CHANGE_COLUMNS],
@@ -1003,9 +1026,11 @@ def feed(con: duckdb.DuckDBPyConnection, p: dict, *, when=None) -> FeedResult:
                       before=before, after=fill_rates(con))
 
 
-def _feed_items(con, loads, dec, cdec, run_id, when) -> pd.DataFrame:
+def _feed_items(con, loads, decisions: str, run_id, when) -> pd.DataFrame:
     """Write one ``feed_items`` row per source row of the new files and per interaction fed.
 
+    ``decisions`` names the table of the step's decisions (``item, customer_id, source,
+    outcome, reason, _ledger_field, _pos``: values then consents, ``_pos`` their order).
     Built in DuckDB: the pandas version (a text per value joined per item, a frame per
     file) took 26 s for 3.5 M values at scale 185.
     """
@@ -1016,30 +1041,16 @@ def _feed_items(con, loads, dec, cdec, run_id, when) -> pd.DataFrame:
              "optout_newer": 6, "invalid": 7}
     labels = pd.DataFrame({"outcome": list(order), "o": list(order.values()),
                            "label": [OUTCOMES[k] for k in order]})
-    values = []
-    if len(dec):
-        register_frame(con, "_fi_dec", dec[["item", "customer_id", "source", "outcome", "field", "reason"]].assign(
-            _idx=np.arange(len(dec), dtype="int64")))
-        values.append("SELECT item, customer_id, source, outcome, CAST(field AS VARCHAR) AS field, "
-                      "CAST(reason AS VARCHAR) AS reason, 0 AS src, _idx FROM _fi_dec")
-    if len(cdec):
-        register_frame(con, "_fi_cdec", cdec[["item", "customer_id", "source", "outcome", "channel_name"]].assign(
-            _idx=np.arange(len(cdec), dtype="int64")))
-        values.append("SELECT item, customer_id, source, outcome, CAST(channel_name AS VARCHAR) AS field, "
-                      "NULL::VARCHAR AS reason, 1 AS src, _idx FROM _fi_cdec")
     register_frame(con, "_fi_labels", labels)
     try:
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE _fi_val AS
-            SELECT v.item, v.customer_id, v.source, l.label,
-                   v.src::BIGINT * 1000000000000 + v._idx AS k,
-                   l.o::BIGINT * 2000000000000 + v.src::BIGINT * 1000000000000 + v._idx AS ko,
-                   v.field || ' : ' || l.label
-                   || CASE WHEN v.reason IS NOT NULL AND v.reason <> '' THEN ' (' || v.reason || ')' ELSE '' END AS part
-            FROM ({" UNION ALL ".join(values) if values else
-                  "SELECT NULL::VARCHAR AS item, NULL::VARCHAR AS customer_id, NULL::VARCHAR AS source, NULL::VARCHAR "
-                  "AS outcome, NULL::VARCHAR AS field, NULL::VARCHAR AS reason, 0 AS src, 0::BIGINT AS _idx WHERE false"}) v
-            JOIN _fi_labels l ON l.outcome = v.outcome
+            SELECT v.item, v.customer_id, v.source, l.label, v._pos AS k,
+                   l.o::BIGINT * 10000000000000 + v._pos AS ko,
+                   CAST(v._ledger_field AS VARCHAR) || ' : ' || l.label
+                   || CASE WHEN v.reason IS NOT NULL AND CAST(v.reason AS VARCHAR) <> ''
+                           THEN ' (' || CAST(v.reason AS VARCHAR) || ')' ELSE '' END AS part
+            FROM {decisions} v JOIN _fi_labels l ON l.outcome = v.outcome
         """)
         # one BIGINT sort key per value (k: order of the decisions, ko: outcome first) and
         # the parts joined from a list sorted afterwards: string_agg(... ORDER BY o, src, _idx)
@@ -1055,11 +1066,7 @@ def _feed_items(con, loads, dec, cdec, run_id, when) -> pd.DataFrame:
             FROM _fi_val GROUP BY item
         """)
     finally:
-        for name in ("_fi_dec", "_fi_cdec", "_fi_labels"):
-            try:
-                con.unregister(name)
-            except Exception:  # noqa: BLE001 - not registered
-                pass
+        con.unregister("_fi_labels")
     parts = []
     for i, ld in enumerate(loads):
         name = ld.name.replace("'", "''")
@@ -1166,7 +1173,9 @@ def outcomes_table(result: FeedResult) -> pd.DataFrame:
     d = result.decisions
     if d.empty:
         return pd.DataFrame(columns=["field", "label", "outcome", "values"])
-    out = d.groupby(["field", "outcome"]).size().rename("values").reset_index()
+    # field and outcome are categories (decisions of feed): observed pairs only, counted on the codes
+    out = d.groupby(["field", "outcome"], observed=True).size().rename("values").reset_index()
+    out = out.astype({"field": str, "outcome": str})
     out.insert(1, "label", out["field"].map(field_label))
     out["outcome"] = out["outcome"].map(OUTCOMES)
     return out
@@ -1313,7 +1322,7 @@ def findings(result: FeedResult, fresh_share: float, stale: pd.DataFrame, months
         out.append(f"{fr_number(len(d))} valeurs de contact reçues : **{fr_number(len(result.changes))}** changement(s) "
                    f"appliqué(s), {fr_number(n_conf)} confirmation(s), {fr_number(n_ign)} ignorée(s) par les règles, "
                    f"{fr_number(n_inv)} invalide(s) signalée(s).")
-        outs = d[(d["field"].astype(str).str.startswith(history.CONSENT_PREFIX)) & (d["value"] == "false") & (d["outcome"] == "applied")]
+        outs = d[(d["field"].str.startswith(history.CONSENT_PREFIX)) & (d["value"] == "false") & (d["outcome"] == "applied")]
         if len(outs):
             out.append(f"**{fr_number(len(outs))}** désinscription(s) appliquée(s) immédiatement.")
     if result.pending_interactions:

@@ -478,7 +478,7 @@ _FLAT_TYPE = re.compile(r"VARCHAR|U?(BIG|SMALL|TINY|HUGE)?INT(EGER)?|BOOLEAN|DOU
 
 
 def to_frame(result: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    """The rows of an executed query as a pandas frame, typed as DuckDB's ``.df()`` types them.
+    """Return the rows of an executed query as a pandas frame, typed as DuckDB's ``.df()`` types them.
 
     Fetched through Arrow: ``.df()`` builds a Python object per text value and pandas
     turns them back into Arrow strings, 2.0 s for 3.5 million rows of three text columns,
@@ -502,25 +502,6 @@ def to_frame(result: duckdb.DuckDBPyConnection) -> pd.DataFrame:
         if field.type in _NULLABLE and table.column(i).null_count == 0:
             frame.isetitem(i, frame.iloc[:, i].to_numpy(dtype=_NULLABLE[field.type].numpy_dtype))
     return frame
-
-
-def sort_frame(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """``frame`` sorted on ``keys`` (ascending, NULLs last, stable), index reset.
-
-    The order is computed by DuckDB: pandas sorting 3.5 million rows on three text
-    columns took 5 s at scale 185, DuckDB 1 to 2 s.
-    """
-    if len(frame) < 2:
-        return frame.reset_index(drop=True)
-    table = pa.Table.from_pandas(frame[keys], preserve_index=False)
-    table = table.append_column("_pos", pa.array(range(len(frame)), type=pa.int64()))
-    con.register("_sort_keys", table)
-    try:
-        order = ", ".join(f'"{k}" NULLS LAST' for k in keys)
-        pos = con.execute(f"SELECT _pos FROM _sort_keys ORDER BY {order}, _pos").fetchnumpy()["_pos"]
-    finally:
-        con.unregister("_sort_keys")
-    return frame.take(pos).reset_index(drop=True)
 
 
 def _text_columns(frame: pd.DataFrame) -> list:
