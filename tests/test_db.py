@@ -192,7 +192,9 @@ def test_to_frame_types_the_columns_as_duckdb_df_does(sql):
             pd.testing.assert_series_equal(g, e)
 
 
-def test_register_frame_keeps_types_and_falls_back_on_mixed_columns():
+@pytest.mark.parametrize("arrow_min_rows", [0, db.ARROW_MIN_ROWS])  # through Arrow, through pandas
+def test_register_frame_keeps_types_and_falls_back_on_mixed_columns(monkeypatch, arrow_min_rows):
+    monkeypatch.setattr(db, "ARROW_MIN_ROWS", arrow_min_rows)
     con = db.connect(":memory:")
     frame = pd.DataFrame({"s": ["a", None], "none": [None, None], "n": pd.array([1, None], dtype="Int64"),
                           "ts": pd.to_datetime(["2020-01-01", None]), "b": [True, None], "f": [1.5, float("nan")]})
