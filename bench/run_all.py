@@ -155,6 +155,28 @@ donnés quand l'écart de charge rend le temps écoulé trompeur) :
     1 635 → 986 Mio et 11,5 → 7,6 s. C'était le pic de mémoire de la chaîne à 10 M (cellule
     `invalid_display` de l'étape 05, 4 030 Mio pour l'arbre de processus).
 
+30. **Échanges DuckDB ↔ pandas par Arrow** (`db.to_frame`, `db.register_frame`, session 7) : `.df()` crée
+    un objet Python par texte, que pandas 3 reconvertit aussitôt en chaînes Arrow (2,0 s pour 3,5 M lignes
+    de trois colonnes de texte, 0,4 s par Arrow) ; DuckDB lisant un tableau pandas sort chaque texte comme
+    objet Python (2,9 s, 0,6 s depuis une table Arrow ; à partir de 200 000 lignes, voir les défauts). Les
+    77 `.df()` de la bibliothèque passent par `to_frame`, qui rend les mêmes types que `.df()` (testé type
+    par type). Étape 05 à l'échelle 185 :
+    `_feed_items` 14,5 → 8,5 s, `current_field_meta` 12,1 → 9,2 s.
+31. **Comptages distincts par regroupement** (`rfm.compute_rfm`, `behaviour.features`) : les deux
+    `COUNT(DISTINCT …) FILTER` d'un même `GROUP BY` coûtaient 4 à 5 s chacun ; les jours sont regroupés
+    par client et jour, les commandes par un `DISTINCT (client, commande)` joint ensuite, la sous-requête
+    des achats étant relue (`NOT MATERIALIZED`) au lieu d'être matérialisée – ce qui avait fait échouer le
+    premier essai (13,1 → 12,9 s CPU). À l'échelle 185 : `compute_rfm` 11,4 → 7,3 s, `features`
+    7,4 → 4,9 s, mêmes lignes (deux bases de fréquence, montant moyen ou total, 3 et 5 classes ; démo,
+    Online Retail, échelle 185). Essayé sur la grille R × F (`rf_grid_at`) : plus lent (4,2 → 5,2 s),
+    laissé tel quel.
+32. **Classeurs lus par python-calamine** (nouvelle dépendance, moteur de `pandas.read_excel` et futur
+    moteur par défaut de pandas) : les 46 250 bulletins papier de l'échelle 185 en 0,8 s au lieu de 6,5 s
+    avec openpyxl, tableau identique ; `collect` (étape 04) 36 → 32,5 s.
+33. **Décisions de l'étape 05** : copiées dans une table DuckDB pendant la construction du journal des
+    éléments, relues triées par DuckDB (le tri pandas prenait 5 s), leurs colonnes à peu de valeurs en
+    catégories. Voir « Restants » pour la mémoire de cette étape.
+
 **Défauts trouvés en mesurant**
 
 - **Identifiants clients trop courts** : `'C'` + 10 chiffres hexadécimaux de md5 (40 bits) donnaient environ
@@ -180,6 +202,16 @@ donnés quand l'écart de charge rend le temps écoulé trompeur) :
   Les sommes de `compute_rfm` sont arrondies à 10⁻⁶ (test : 0,1 + 0,2 + 0,3 et 0,3 + 0,2 + 0,1 à égalité) ;
   3 à 11 notes M sur 1,1 M diffèrent de celles d'une exécution d'avant (selon laquelle) : des ex aequo
   que le bruit départageait.
+- **Plan de jointure faussé par une table Arrow** (session 7, introduit puis corrigé le même jour) : DuckDB
+  ne connaît pas la taille d'une table Arrow enregistrée ; le tableau vide des décisions de revue, joint
+  à deux copies des fiches normalisées, a été planifié comme leur produit cartésien : rapprochement de
+  10 000 fiches 1 s → 56–75 s, et 100 000 fiches ont rempli le disque de fichiers temporaires pendant
+  `make bench`. Les tableaux de moins de 200 000 lignes sont de nouveau enregistrés comme tableaux pandas
+  (taille exacte pour le planificateur) : 0,46 s.
+- **Paniers non reproductibles** (`behaviour.features`, session 7) : la dépense de chaque client,
+  additionnée dans l'ordre des fils de DuckDB, changeait au dernier bit pour 134 k paniers sur 1,09 M
+  d'une exécution à l'autre (même défaut que les sommes de la RFM, voir plus bas). Arrondie à 10⁻⁶ :
+  plus aucune différence, au plus 2,3·10⁻¹³ d'écart avec avant.
 - **Mémoire des benchmarks faussée** : Linux transmet au processus enfant la marque de mémoire haute de
   son parent au moment du `exec` ; tous les cas lancés par un pilote de 1,2 Gio affichaient 1 218 Mio.
   Chaque pilote tourne maintenant dans son propre processus et `ru_maxrss` n'est retenu que s'il dépasse
@@ -203,30 +235,34 @@ donnés quand l'écart de charge rend le temps écoulé trompeur) :
   lifetimes passe de 17,2 s à 20,7 s (+20 %) et le groupby pandas de 8,3 s à 9,5 s ; la chaîne de démo de
   30,1 s à 32–34 s. Les gains ci-dessus sont donc donnés en temps CPU mesuré à la suite, ancien et nouveau
   code sur la même base.
-- Résumé à 10 M transactions : **7,0×** lifetimes (2,97 s contre 20,7 s), pas 15×. Le plancher est
+- Résumé à 10 M transactions : **7,3×** lifetimes (2,78 s contre 20,3 s), pas 15×. Le plancher est
   l'agrégation à deux niveaux de DuckDB (client × jour, puis client) sur 2 cœurs : ~5,5 s CPU. Essayés sans
   gain : regrouper sur un hachage entier du client (3,9 au lieu de 4,2 s CPU, au prix d'un risque de
   collision), un seul niveau avec `COUNT(DISTINCT jour)` et une jointure pour le montant du premier jour
   (8,8 s CPU).
-- Chaîne à 10 M transactions : **387 s** (300 s visés) ; **3 875 Mio** (4,06 Go) de mémoire, sous 4 Gio
-  (4 096 Mio) mais pas sous 4 Go décimaux (3 815 Mio). Par étape : 01 117 s (chargement 53 s, rapprochement
-  59 s), 05 110 s (`feed` 85 s), 02 75 s, 04 42 s, 03 26 s, 06 15 s. Le pic est maintenant dans l'étape 05
-  (`fill_by_channel` et `feed`, avec le ~1 Go de décisions gardé par le notebook). Ce qui reste :
-  - les comptages distincts par client (`COUNT(DISTINCT commande)`, `COUNT(DISTINCT jour)`) coûtent chacun
-    4 à 5 s CPU sur 10 M lignes, et la chaîne en fait une dizaine (RFM à deux dates, variables de
-    comportement, résumé et calibration CLV, grille R × F des étapes 03 et 06). Une réécriture à deux
-    niveaux n'a rien gagné (13,1 → 12,9 s CPU pour la requête RFM) : il faudrait une clé client entière
-    dans `transactions`, changement du modèle de données ;
-  - l'étape 05 garde ses 3,5 M valeurs candidates et décisions dans des tableaux pandas (~1 Go rendu au
-    notebook) : les garder dans DuckDB de bout en bout ferait baisser à la fois `feed` et le pic de mémoire,
-    qui est dans cette étape ;
+- Chaîne à 10 M transactions : **357 s** (300 s visés ; 387 s avant la session 7) ; **4 119 Mio** de
+  mémoire (4,32 Go), au-dessus de 4 Gio comme de 4 Go – la session 7 a fait **reculer** ce point : 3 875 Mio
+  avant. Par étape : 01 115 s, 05 99 s, 02 65 s, 04 38 s, 03 23 s, 06 13 s (avant la session 7 : 117, 110, 75, 42, 26 et 15 s). Ce qui reste :
+  - **la mémoire de l'étape 05** : elle culmine ~300 Mio plus haut qu'avant les échanges par Arrow
+    (étape 05 seule, même base, arbre de processus échantillonné : 3 782–3 831 Mio avant, 4 090–4 160 Mio
+    après). Mesuré : les colonnes de texte à peu de valeurs en chaînes Arrow (chaque ligne porte son texte,
+    un objet Python partagé n'en portait qu'un pointeur : ~70 Mio rendus en catégories), l'allocateur
+    d'Arrow (mimalloc ; l'allocateur système fait pire, 4 209 Mio) ; le reste n'est pas localisé. Un
+    plafond DuckDB de 1,25 Gio au lieu de 1,5 Gio fait échouer l'étape (mémoire insuffisante dans DuckDB).
+    Les 3,5 M valeurs candidates et décisions restent des tableaux pandas rendus au notebook ; les garder
+    dans DuckDB de bout en bout (y compris `FeedResult` et ses affichages) est le changement à faire ;
+  - les comptages par client restants : grille R × F des étapes 03 et 06 (`rf_grid_at`, la réécriture
+    par regroupement y est plus lente), résumé, calibration et suivi CLV (déjà à deux niveaux, sans
+    `COUNT(DISTINCT)`) : 3 à 8 s chacun, le coût est le hachage de 10 M clés texte ; une clé client entière
+    dans `transactions` (changement du modèle de données) le diviserait par ~2 (mesuré : agrégation à deux
+    niveaux 1,75 s sur la clé texte, 0,89 s sur une clé entière, plus 1,2 s pour la construire) ;
   - le chargement de l'étape 01 : `INSERT` des 10 M achats (~24 s CPU, débordement sur disque sous le
     plafond), `read_csv` (~13 s), lectures Python des fichiers (empreinte, contrôle UTF-8, transcodage
     cp1252 : ~12 s) ;
-  - l'étape 04 relit le fichier `.xlsx` avec openpyxl (~13 s CPU) et renormalise les 1,58 M fiches clients
-    (~16 s CPU).
-- Les montants des modèles CLV restent des sommes `DOUBLE` en parallèle : paramètres Gamma-Gamma à 10⁻¹¹
-  près d'une exécution à l'autre (les sommes de la RFM sont arrondies depuis la session 6, voir plus haut).
+  - l'étape 04 renormalise les 1,58 M fiches clients à chaque collecte (~14 s) pour rapprocher les
+    contacts entrants.
+- Les montants des modèles CLV restent des sommes `DOUBLE` en parallèle : paramètres Gamma-Gamma à 10⁻¹²
+  près d'une exécution à l'autre (les sommes de la RFM et des paniers sont arrondies, voir plus haut).
 - Précision du rapprochement à l'échelle 185 : 0,895 au seuil 0,90 (rappel 0,981) ; le monde de démo a
   un vocabulaire de noms et de villes fixe, donc bien plus d'homonymes par ville à 1,15 M personnes. Le
   poids a priori du modèle (fixe) devrait dépendre de la taille de la base.
