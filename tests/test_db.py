@@ -205,11 +205,3 @@ def test_register_frame_keeps_types_and_falls_back_on_mixed_columns(monkeypatch,
     assert con.execute("SELECT count(*) FILTER (WHERE f IS NULL), count(*) FILTER (WHERE b IS NULL) FROM _f").fetchone() == (1, 1)
     db.register_frame(con, "_m", pd.DataFrame({"x": ["a", 1]}, dtype=object))  # Arrow cannot type it
     assert con.execute("SELECT count(*) FROM _m").fetchone()[0] == 2
-
-
-def test_compact_text_stores_texts_as_arrow_strings_and_leaves_other_columns():
-    frame = pd.DataFrame({"s": ["a", None, "b"], "mixed": ["a", 1, None], "n": [1, 2, 3]})
-    frame["s"] = frame["s"].astype(object)
-    out = db.compact_text(frame)
-    assert str(out["s"].dtype) == "str" and out["s"].isna().tolist() == [False, True, False]
-    assert out["mixed"].dtype == object and out["n"].dtype == "int64"

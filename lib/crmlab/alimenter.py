@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from crmlab import history, identity, normalize, quality
-from crmlab.db import check, compact_text, now, register_frame, to_frame, update_by_rowid
+from crmlab.db import check, now, register_frame, to_frame, update_by_rowid
 from crmlab.errors import InputError, ParamsError
 from crmlab.params import Param
 from crmlab.sources import resolve_source_paths, validate_sources
@@ -572,7 +572,7 @@ def attach_keys(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
         f"SELECT DISTINCT {s} AS source, {k} AS source_key FROM {t} WHERE customer_id IS NULL AND {k} IS NOT NULL"
         for t, s, k in KEY_REFERENCES)
     missing = to_frame(con.execute(f"SELECT u.*, {identity.customer_id_sql('u.source', 'u.source_key')} AS customer_id "
-                          f"FROM ({union}) u ANTI JOIN customer_links l USING (source, source_key) ORDER BY 1, 2"))
+                                   f"FROM ({union}) u ANTI JOIN customer_links l USING (source, source_key) ORDER BY 1, 2"))
     if len(missing):
         register_frame(con, "_ak", missing)
         try:
@@ -905,7 +905,7 @@ def feed(con: duckdb.DuckDBPyConnection, p: dict, *, when=None) -> FeedResult:
         register_frame(con, "_rec_keys", records[["source", "source_key"]].astype(object))
         try:
             ids = to_frame(con.execute("SELECT r.source, r.source_key, l.customer_id FROM _rec_keys r "
-                              "JOIN customer_links l USING (source, source_key)"))
+                                       "JOIN customer_links l USING (source, source_key)"))
         finally:
             con.unregister("_rec_keys")
         records = records.merge(ids, on=["source", "source_key"], how="left")
@@ -922,8 +922,8 @@ def feed(con: duckdb.DuckDBPyConnection, p: dict, *, when=None) -> FeedResult:
     dec = decide_fields(cand, current) if len(cand) else cand.assign(outcome=None, winner=False, old_value=None)
     # the frames of 3.5 M candidate values at scale 185 are released as soon as decided,
     # and ``dec`` keeps only the columns read below (the step's memory peak came after)
-    dec = compact_text(dec[["item", "customer_id", "field", "raw", "value", "channel", "source", "ts", "outcome",
-                            "reason", "old_value", "winner"]])
+    dec = dec[["item", "customer_id", "field", "raw", "value", "channel", "source", "ts", "outcome", "reason",
+               "old_value", "winner"]]
     del records, rec_long, int_long, cand, current
 
     # ---- consents: batch rows (consent files, consent_<channel> columns) and interactions
@@ -945,7 +945,7 @@ def feed(con: duckdb.DuckDBPyConnection, p: dict, *, when=None) -> FeedResult:
         # the state before the batch, from the copy taken then (the whole state: 12 s at scale)
         state = history.current_consents_sql("_consents_before", "customer_id IN (SELECT customer_id FROM _cc_ids)")
         cstate = to_frame(con.execute("SELECT customer_id, channel AS channel_name, opted_in AS cur_opted_in, updated_at AS cur_ts "
-                             f"FROM ({state})"))
+                                      f"FROM ({state})"))
     finally:
         con.unregister("_cc_ids")
     # the copy of every consent row (9 M rows at scale 185) is not read after this point
@@ -991,7 +991,7 @@ def feed(con: duckdb.DuckDBPyConnection, p: dict, *, when=None) -> FeedResult:
         if len(cdec) else pd.DataFrame(),
     ]
     del dec, cdec, fchg, cchg
-    decisions = compact_text(pd.concat(parts, ignore_index=True))
+    decisions = pd.concat(parts, ignore_index=True)
     del parts
     decision_cols = ["item", "customer_id", "field", "raw", "value", "channel", "source", "ts", "outcome", "reason",
                      "old_value"]
@@ -1016,7 +1016,7 @@ def feed(con: duckdb.DuckDBPyConnection, p: dict, *, when=None) -> FeedResult:
         "ORDER BY customer_id NULLS LAST, field NULLS LAST, item NULLS LAST, _pos"))
     con.execute("DROP TABLE _feed_dec")
     # the few-valued columns as categories: as Arrow strings they cost their text on each of
-    # the 3.5 M rows at scale 185 (~200 MB, the step's memory peak came after)
+    # the 3.5 M rows at scale 185 (step 05's process-tree peak: 4 160 -> 4 090-4 125 MiB)
     for col in ("field", "channel", "source", "outcome"):
         decisions[col] = decisions[col].astype("category")
     n_new = len(set(links.loc[links["new"].astype(bool), "customer_id"])) if len(links) else 0
@@ -1115,7 +1115,7 @@ def _feed_items(con, loads, decisions: str, run_id, when) -> pd.DataFrame:
     con.execute("INSERT INTO feed_items SELECT item, kind, source, customer_id, outcome, reason, ?, ? FROM _fi_items",
                 [run_id, when])
     items = to_frame(con.execute("SELECT * FROM _fi_items"))
-    con.execute("DROP TABLE IF EXISTS _fi_val; DROP TABLE IF EXISTS _fi_sum; DROP TABLE IF EXISTS _fi_items")
+    con.execute("DROP TABLE IF EXISTS _fi_items")
     if items.empty:
         return pd.DataFrame(columns=cols).astype(object)
     # text columns as DuckDB gives them (1.4 M items at scale 185: as Python objects they

@@ -550,7 +550,7 @@ def carry_over_ids(con: duckdb.DuckDBPyConnection, before: str = LINKS_BEFORE) -
         if n:
             dropped[table] = int(n)
     mapping = to_frame(con.execute("SELECT old_id, new_id, records, targets, rank FROM _co_map WHERE old_id <> new_id "
-                          "ORDER BY old_id"))
+                                   "ORDER BY old_id"))
     con.execute("DROP TABLE IF EXISTS _co_map; DROP TABLE IF EXISTS _co_orphans")
     return CarryOver(mapping=mapping, carried=len(mapping), splits=int((mapping["targets"] > 1).sum()),
                      recovered=int(recovered), rows=rows, dropped=dropped)

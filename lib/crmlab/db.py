@@ -510,18 +510,6 @@ def _text_columns(frame: pd.DataFrame) -> list:
             and pd.api.types.infer_dtype(frame[c], skipna=True) in ("string", "empty")]
 
 
-def compact_text(frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` with its object columns of texts stored as Arrow strings (``str`` dtype), in place.
-
-    A Python string costs about 50 bytes plus its text and a pointer; an Arrow string its
-    text and 4 bytes: step 05's 3.5 million decisions at scale 185 shrink by several
-    hundred MB, and DuckDB reads them without copying. Missing values become NaN.
-    """
-    for col in _text_columns(frame):
-        frame[col] = frame[col].astype("str")
-    return frame
-
-
 #: frames registered through Arrow from this size on (below, the copy costs little: 0.2 s for
 #: 200 k rows of three text columns)
 ARROW_MIN_ROWS = 200_000

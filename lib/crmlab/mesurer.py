@@ -216,7 +216,7 @@ def write_campaign_results(con: duckdb.DuckDBPyConnection, results: pd.DataFrame
 def campaigns_frame(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """Read the ``campaigns`` table (campaign_id, name, channel, segment, start_date, cost_per_contact, status)."""
     return to_frame(con.execute("SELECT campaign_id, name, channel, segment, start_date, cost_per_contact, status FROM campaigns "
-                       "ORDER BY start_date, campaign_id"))
+                                "ORDER BY start_date, campaign_id"))
 
 
 def results_totals(results: pd.DataFrame) -> dict:
@@ -526,7 +526,7 @@ def alimenter_measures(con: duckdb.DuckDBPyConnection, run_id: str | None = None
     if rid is None:
         return pd.DataFrame(columns=["field", "channel", "share"])
     k = to_frame(con.execute("SELECT dimension, value FROM kpis WHERE step = '05' AND run_id = ? AND kpi = 'rempli par canal' "
-                    "ORDER BY dimension", [rid]))
+                             "ORDER BY dimension", [rid]))
     parts = k["dimension"].str.split("|", n=1, expand=True) if len(k) else pd.DataFrame(columns=[0, 1])
     return pd.DataFrame({"field": parts[0] if len(k) else [], "channel": parts[1] if len(k) else [], "share": k["value"]})
 
@@ -905,7 +905,7 @@ def step_kpis(con: duckdb.DuckDBPyConnection, step: str, kpi: str, run_id: str |
     if rid is None:
         return pd.DataFrame(columns=["dimension", "value", "unit"])
     return to_frame(con.execute("SELECT dimension, value, unit FROM kpis WHERE step = ? AND run_id = ? AND kpi = ? "
-                       "ORDER BY dimension", [step, rid, kpi]))
+                                "ORDER BY dimension", [step, rid, kpi]))
 
 
 def organiser_measures(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:

@@ -204,7 +204,7 @@ def audit_customers(con: duckdb.DuckDBPyConnection, *, region: str = "FR",
     found = []
     for f in sorted(fields):  # sorted by field, then customer, as before
         distinct = to_frame(con.execute(f"SELECT DISTINCT CAST({f} AS VARCHAR) AS value, country FROM customers "
-                               f"WHERE {f} IS NOT NULL"))
+                                        f"WHERE {f} IS NOT NULL"))
         if distinct.empty:
             continue
         flagged = flag_values(distinct.assign(field=f), region=region)
