@@ -223,6 +223,25 @@ def test_excel_sheet_not_found(con, tmp_path):
     assert snapshot(con) == before
 
 
+
+def test_excel_sheet_index_out_of_range_names_the_sheets(con, tmp_path):
+    path = tmp_path / "c.xlsx"
+    pd.DataFrame({"Code": [1]}).to_excel(path, sheet_name="Feuil1", index=False)
+    before = snapshot(con)
+    with pytest.raises(InputError, match=r"Feuille « 3 » introuvable.*Feuil1"):
+        load(con, kind="customers", path=str(path), sheet=3, columns={"source_key": "Code"})
+    assert snapshot(con) == before
+
+
+def test_corrupt_workbook_is_a_french_error_and_changes_nothing(con, tmp_path):
+    path = tmp_path / "c.xlsx"
+    path.write_bytes(b"PK\x03\x04 not a workbook")
+    before = snapshot(con)
+    with pytest.raises(InputError, match=r"Classeur Excel illisible") as err:
+        load(con, kind="customers", path=str(path), columns={"source_key": "Code"})
+    assert "c.xlsx" in str(err.value)
+    assert snapshot(con) == before
+
 def test_glob_of_two_files_and_idempotence(con, tmp_path):
     write_bytes(tmp_path / "ventes_2023.csv", "client;date;montant\nA;01/01/2023;10,00\nB;02/01/2023;20,00\n")
     write_bytes(tmp_path / "ventes_2024.csv", "client;date;montant\nA;01/01/2024;30,00\n")
