@@ -206,6 +206,23 @@ def test_interactions_are_applied_once(tmp_path):
     pd.testing.assert_frame_equal(history.history(con), before)
 
 
+def test_interaction_values_stay_arrow_strings_when_no_customer_file_comes(tmp_path, monkeypatch):
+    # concatenated with the empty frame of customer-file values, the interaction values used
+    # to become Python objects (1.5 GB instead of 0.4 at ten million purchases)
+    con = make_world()
+    con.execute("""INSERT INTO interactions (interaction_id, customer_id, source, channel, ts, phone, email) VALUES
+                   ('i1', 'C2', 'appels', 'telephone', '2025-04-01', '06 98 76 54 32', NULL),
+                   ('i2', 'C1', 'formulaires', 'web', '2025-04-02', NULL, 'new@x.fr')""")
+    seen = []
+    prepare = alimenter._prepare
+    monkeypatch.setattr(alimenter, "_prepare", lambda long, *a: seen.append(long.dtypes.to_dict()) or prepare(long, *a))
+    res = alimenter.feed(con, params([]))
+    assert customers(con)["C2"][1] == "+33698765432" and customers(con)["C1"][0] == "new@x.fr"
+    assert seen and not any(pd.api.types.is_object_dtype(t) for c, t in seen[0].items() if c != "country"), seen
+    assert seen[0]["ts"].kind == "M"
+    assert all(res.changes[c].dtype == "str" for c in ("customer_id", "field", "new_value", "channel", "source", "item"))
+
+
 def test_restore_from_history_after_a_rebuild(tmp_path):
     con = make_world()
     con.execute("""INSERT INTO interactions (interaction_id, customer_id, source, channel, ts, city)

@@ -205,3 +205,45 @@ def test_register_frame_keeps_types_and_falls_back_on_mixed_columns(monkeypatch,
     assert con.execute("SELECT count(*) FILTER (WHERE f IS NULL), count(*) FILTER (WHERE b IS NULL) FROM _f").fetchone() == (1, 1)
     db.register_frame(con, "_m", pd.DataFrame({"x": ["a", 1]}, dtype=object))  # Arrow cannot type it
     assert con.execute("SELECT count(*) FROM _m").fetchone()[0] == 2
+
+
+def test_arrow_text_turns_object_text_into_arrow_strings_and_leaves_the_rest():
+    frame = pd.DataFrame({"s": ["a", None, "é"], "mixed": ["a", 1, None], "n": [1, 2, 3],
+                          "ts": pd.to_datetime(["2020-01-01", None, "2021-01-01"]),
+                          "cat": pd.Categorical(["x", "y", "x"])})
+    frame["obj"] = pd.Series(["u", "v", None], dtype=object)
+    out = db.arrow_text(frame)
+    assert out["s"].dtype == "str" and out["obj"].dtype == "str"
+    assert out["s"].isna().tolist() == [False, True, False] and out["s"].iloc[2] == "é"
+    assert out["mixed"].dtype == object and out["mixed"].tolist()[:2] == ["a", 1]
+    for col in ("n", "ts", "cat"):
+        pd.testing.assert_series_equal(out[col], frame[col])
+    assert frame["obj"].dtype == object  # the input frame is left as it was
+    plain = pd.DataFrame({"n": [1]})
+    assert db.arrow_text(plain) is plain
+
+
+@pytest.mark.parametrize("text, expected", [("1.5 GiB", 1.5 * 2**30), ("600MiB", 600 * 2**20), ("4GB", 4e9),
+                                            ("2500 mb", 2.5e9), ("12 B", 12.0), ("auto", None), ("", None)])
+def test_size_bytes_reads_duckdb_sizes(text, expected):
+    assert db.size_bytes(text) == expected
+
+
+def test_memory_cap_lowers_the_cap_for_a_block_and_restores_it(tmp_path):
+    con = db.connect(tmp_path / "b.duckdb")
+    con.execute("SET memory_limit = '1GiB'")
+    con.execute("BEGIN")  # inside a step's transaction
+    con.execute("CREATE TEMP TABLE t AS SELECT 'customer number ' || (i * 7919 % 2500000) AS k, i "
+                "FROM range(2500000) r(i)")  # about twice the cap below
+    with db.memory_cap(con, "100MiB"):
+        assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0] == "100.0 MiB"
+        rows = db.to_frame(con.execute("SELECT k, i FROM t ORDER BY k, i"))  # spills past the cap
+    assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0] == "1.0 GiB"
+    assert len(rows) == 2500000 and rows["k"].is_monotonic_increasing
+    with pytest.raises(ZeroDivisionError), db.memory_cap(con, "64MiB"):
+        raise ZeroDivisionError
+    assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0] == "1.0 GiB"
+    con.execute("SET memory_limit = '32MiB'")
+    with db.memory_cap(con, "600MiB"):  # a lower cap already set is kept
+        assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0] == "32.0 MiB"
+    con.execute("COMMIT")

@@ -459,3 +459,21 @@ def test_a_kernel_that_dies_gets_one_retry(tmp_path, monkeypatch):
     res = runner.StepResult("01", "constituer", "Constituer la base clients")
     runner._run_step(step, fake_run_params(tmp_path / "db.duckdb"), tmp_path, res, "crmlab")
     assert res.status == "failed" and res.error_type == "DeadKernelError"
+
+
+def test_step_kernels_get_fixed_malloc_thresholds_unless_set(monkeypatch, tmp_path):
+    seen = []
+
+    class FakePapermill:
+        @staticmethod
+        def execute_notebook(*a, **k):
+            seen.append((runner.os.environ.get("MALLOC_MMAP_THRESHOLD_"), runner.os.environ.get("MALLOC_TRIM_THRESHOLD_")))
+
+    step = Step("01", "constituer", "Constituer", tmp_path / "01.ipynb", "crmlab.constituer")
+    rp = fake_run_params(tmp_path / "db.duckdb")
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    runner._execute(FakePapermill, step, rp, tmp_path / "out.ipynb", "python3", {})
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")  # the user's own setting is kept
+    runner._execute(FakePapermill, step, rp, tmp_path / "out.ipynb", "python3", {})
+    assert seen == [("131072", "67108864"), ("65536", "67108864")]

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from crmlab import history, identity, normalize, quality
-from crmlab.db import check, now, register_frame, to_frame, update_by_rowid
+from crmlab.db import arrow_text, check, memory_cap, now, register_frame, to_frame, update_by_rowid
 from crmlab.errors import InputError, ParamsError
 from crmlab.params import Param
 from crmlab.sources import resolve_source_paths, validate_sources
@@ -100,6 +100,9 @@ PARAMS: dict[str, Param] = {
     "max_unparsable_share": Param("float", 0.05, "part maximale de valeurs illisibles tolérée par colonne", min=0.0, max=1.0),
     "list_size": Param("int", 15, "nombre de lignes montrées dans les listes (valeurs invalides, clients à relancer)", min=1, max=1000),
 }
+
+#: DuckDB memory cap while the sorted decisions are fetched (:func:`crmlab.db.memory_cap`)
+DECISIONS_FETCH_CAP = "600MiB"
 
 HEADLINE_KPIS = ["valeurs mises à jour", "nouveaux clients", "fraîcheur des coordonnées", "valeurs invalides signalées"]
 KPI_LABELS = {"fraîcheur des coordonnées": "Coordonnées à jour"}
@@ -914,7 +917,15 @@ def feed(con: duckdb.DuckDBPyConnection, p: dict, *, when=None) -> FeedResult:
     rec_long = _record_candidates(records, p, priority, batch_date(con))
     int_long, int_cons, pending = (_interaction_candidates(con) if p.get("apply_interactions", True)
                                    else (rec_long.iloc[0:0], pd.DataFrame(), 0))
-    cand = _prepare(pd.concat([rec_long, int_long], ignore_index=True), region, priority)
+    # empty parts left out: concatenated with the empty object frame of a batch without
+    # customer files, the 2.4 M inbound-contact values at scale 185 became Python objects
+    # (1.5 GiB instead of 0.4; 4.0 GiB instead of 2.7 while the current values were read) and
+    # their dates Timestamp objects; the text stays Arrow strings whatever the parts hold
+    long = [x for x in (rec_long, int_long) if len(x)]
+    long = arrow_text(pd.concat(long, ignore_index=True)) if long else rec_long
+    del rec_long, int_long
+    cand = _prepare(long, region, priority)
+    del long
     # only the (customer, field) pairs of the candidates: decide_fields joins on them
     current = current_field_meta(con, cand["customer_id"].dropna().unique().tolist(), priority,
                                  pairs=cand.loc[cand["customer_id"].notna(), ["customer_id", "field"]]) if len(cand) else \
@@ -924,7 +935,7 @@ def feed(con: duckdb.DuckDBPyConnection, p: dict, *, when=None) -> FeedResult:
     # and ``dec`` keeps only the columns read below (the step's memory peak came after)
     dec = dec[["item", "customer_id", "field", "raw", "value", "channel", "source", "ts", "outcome", "reason",
                "old_value", "winner"]]
-    del records, rec_long, int_long, cand, current
+    del records, cand, current
 
     # ---- consents: batch rows (consent files, consent_<channel> columns) and interactions
     con.execute("CREATE OR REPLACE TEMP TABLE _new_consents AS SELECT * FROM consents WHERE sha256 IN (SELECT sha256 FROM _new_sha)")
@@ -964,6 +975,7 @@ def feed(con: duckdb.DuckDBPyConnection, p: dict, *, when=None) -> FeedResult:
     changes = pd.concat([fchg.assign(effective_at=fchg["changed_at"])[cols], cchg[cols]], ignore_index=True) \
         if len(fchg) or len(cchg) else pd.DataFrame(columns=cols)
     history.apply_changes(con, changes, run_id=p["run_id"])
+    changes = arrow_text(changes[history.CHANGE_COLUMNS])
     # customers created now: counts, sources, prospect flag
     # rows to change found first, updated by rowid (an UPDATE joined on the ids took 9 s at scale 185)
     update_by_rowid(con, "customers", ["n_records", "sources"], """
@@ -1011,9 +1023,12 @@ def feed(con: duckdb.DuckDBPyConnection, p: dict, *, when=None) -> FeedResult:
     for ld in loads:
         con.execute(f"DROP TABLE IF EXISTS {ld.staged}")
     # sorted by customer, field and item, ties in the order of the decisions (a stable sort)
-    decisions = to_frame(con.execute(
-        f"SELECT {', '.join(decision_cols)} FROM _feed_dec "
-        "ORDER BY customer_id NULLS LAST, field NULLS LAST, item NULLS LAST, _pos"))
+    # under a lower cap: the sort spills instead of holding its rows beside the frame being
+    # built (step 05 at scale 185 in one process, end of feed: 3 484 -> 2 359 MiB)
+    with memory_cap(con, DECISIONS_FETCH_CAP):
+        decisions = to_frame(con.execute(
+            f"SELECT {', '.join(decision_cols)} FROM _feed_dec "
+            "ORDER BY customer_id NULLS LAST, field NULLS LAST, item NULLS LAST, _pos"))
     con.execute("DROP TABLE _feed_dec")
     # the few-valued columns as categories: as Arrow strings they cost their text on each of
     # the 3.5 M rows at scale 185 (step 05's process-tree peak: 4 160 -> 4 090-4 125 MiB)
@@ -1021,7 +1036,7 @@ def feed(con: duckdb.DuckDBPyConnection, p: dict, *, when=None) -> FeedResult:
         decisions[col] = decisions[col].astype("category")
     n_new = len(set(links.loc[links["new"].astype(bool), "customer_id"])) if len(links) else 0
     n_new += len(key_only)
-    return FeedResult(files=files_table(loads), items=items, decisions=decisions, changes=changes[history.CHANGE_COLUMNS],
+    return FeedResult(files=files_table(loads), items=items, decisions=decisions, changes=changes,
                       new_customers=n_new, links=links, restored=restored, pending_interactions=pending,
                       before=before, after=fill_rates(con))
 
