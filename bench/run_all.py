@@ -175,7 +175,28 @@ donnés quand l'écart de charge rend le temps écoulé trompeur) :
     avec openpyxl, tableau identique ; `collect` (étape 04) 36 → 32,5 s.
 33. **Décisions de l'étape 05** : copiées dans une table DuckDB pendant la construction du journal des
     éléments, relues triées par DuckDB (le tri pandas prenait 5 s), leurs colonnes à peu de valeurs en
-    catégories. Voir « Restants » pour la mémoire de cette étape.
+    catégories.
+34. **Allocateur de la bibliothèque C dans les noyaux des étapes** (session 8) : dès qu'un grand bloc est
+    rendu, glibc relève son seuil de mappage séparé jusqu'à 32 Mo ; les tableaux suivants atterrissent
+    dans le tas commun, où quelques lignes encore vivantes empêchent de rendre au système la mémoire des
+    tableaux libérés. Les noyaux lancés par `crmlab run` démarrent avec `MALLOC_MMAP_THRESHOLD_=131072` et
+    `MALLOC_TRIM_THRESHOLD_=67108864` (`runner.KERNEL_ENV` ; le noyau Jupyter installé par `make` les porte
+    aussi, pour JupyterLab). Cellules de l'étape 05 dans un seul processus à l'échelle 185 : pic de
+    3 781–3 797 Mio par défaut ; 3 452–3 487 Mio avec le seul seuil de mappage (alimentation 10–15 % plus
+    lente : le haut du tas rendu puis repris à chaque libération) ; 3 445 Mio avec les deux réglages, à la
+    même vitesse (alimentation 102 s contre 107–109 s). C'est la cause probable du recul de la session 7 :
+    les échanges par Arrow libèrent davantage de grands blocs.
+35. **Décisions de l'étape 05 relues sous un plafond DuckDB de 600 Mio** (`db.memory_cap`) : le tri déborde
+    sur disque au lieu de garder ses lignes à côté du tableau pandas en construction ; fin de
+    l'alimentation 3 484 → 2 359 Mio (même mesure). Un tri de 3,1 M décisions prend le même temps sous
+    100 Mio que sous 1,5 Gio. Essayé aussi sur `fill_by_channel` à 1 Gio : DuckDB manque de mémoire
+    (agrégat sur des tables temporaires) – pas de plafond là.
+36. **Valeurs candidates gardées en chaînes Arrow** (`alimenter.feed`) : quand le lot n'apporte aucun
+    fichier clients (contacts entrants seuls), la partie vide concaténée transformait les 2,4 M valeurs en
+    objets Python (1,5 Gio au lieu de 0,4) et les 137 k changements gardés retenaient ensuite 1,7 Gio de
+    mémoire libérée. Parties vides écartées, texte en chaînes Arrow (`db.arrow_text`) : pic pendant la
+    lecture des valeurs courantes 4 079 → 2 654 Mio dans ce cas. Le lot de la démo contient des fichiers
+    clients : il n'était pas concerné.
 
 **Défauts trouvés en mesurant**
 
@@ -231,26 +252,23 @@ donnés quand l'écart de charge rend le temps écoulé trompeur) :
 
 **Restants (cibles non atteintes)**
 
-- La machine de mesure était plus lente le 2 décembre après-midi que le matin : sur un code identique,
-  lifetimes passe de 17,2 s à 20,7 s (+20 %) et le groupby pandas de 8,3 s à 9,5 s ; la chaîne de démo de
-  30,1 s à 32–34 s. Les gains ci-dessus sont donc donnés en temps CPU mesuré à la suite, ancien et nouveau
-  code sur la même base.
-- Résumé à 10 M transactions : **7,3×** lifetimes (2,78 s contre 20,3 s), pas 15×. Le plancher est
+- **La machine de mesure était bien plus lente le 2 décembre au soir** (session 8, 20 h 10–20 h 37) : sur du
+  code qui n'a pas changé et qui ne passe par aucun noyau Jupyter, lifetimes à 10 M transactions prend
+  27,7 s (20,3 s l'après-midi, 17,2 s le matin), le résumé crmlab 4,47 s (2,78 s), l'ajustement à 1 M
+  clients 2,62 s (1,92 s), le rapprochement de 1 M fiches 39,2 s (28,1 s) : +35 à +60 %. Les temps des
+  chaînes de ce tableau (démo 50,4 s, Online Retail 43,0 s, 10 M 566 s) sont donc à lire avec ce
+  facteur. Pour écarter une cause dans le code : chaîne de démo lancée tour à tour avec le code d'avant la
+  session 8 et le nouveau, même machine, même moment : 57,2 puis 47,9 s avant, 52,7 puis 45,7 s après.
+- Résumé à 10 M transactions : **6,2×** lifetimes ce soir (7,3× l'après-midi), pas 15×. Le plancher est
   l'agrégation à deux niveaux de DuckDB (client × jour, puis client) sur 2 cœurs : ~5,5 s CPU. Essayés sans
   gain : regrouper sur un hachage entier du client (3,9 au lieu de 4,2 s CPU, au prix d'un risque de
   collision), un seul niveau avec `COUNT(DISTINCT jour)` et une jointure pour le montant du premier jour
   (8,8 s CPU).
-- Chaîne à 10 M transactions : **357 s** (300 s visés ; 387 s avant la session 7) ; **4 119 Mio** de
-  mémoire (4,32 Go), au-dessus de 4 Gio comme de 4 Go – la session 7 a fait **reculer** ce point : 3 875 Mio
-  avant. Par étape : 01 115 s, 05 99 s, 02 65 s, 04 38 s, 03 23 s, 06 13 s (avant la session 7 : 117, 110, 75, 42, 26 et 15 s). Ce qui reste :
-  - **la mémoire de l'étape 05** : elle culmine ~300 Mio plus haut qu'avant les échanges par Arrow
-    (étape 05 seule, même base, arbre de processus échantillonné : 3 782–3 831 Mio avant, 4 090–4 160 Mio
-    après). Mesuré : les colonnes de texte à peu de valeurs en chaînes Arrow (chaque ligne porte son texte,
-    un objet Python partagé n'en portait qu'un pointeur : ~70 Mio rendus en catégories), l'allocateur
-    d'Arrow (mimalloc ; l'allocateur système fait pire, 4 209 Mio) ; le reste n'est pas localisé. Un
-    plafond DuckDB de 1,25 Gio au lieu de 1,5 Gio fait échouer l'étape (mémoire insuffisante dans DuckDB).
-    Les 3,5 M valeurs candidates et décisions restent des tableaux pandas rendus au notebook ; les garder
-    dans DuckDB de bout en bout (y compris `FeedResult` et ses affichages) est le changement à faire ;
+- Chaîne à 10 M transactions : mémoire **3 752 Mio (3,93 Go), sous 4 Go** (4 119 Mio à la session 7,
+  3 875 Mio avant ; points 34 à 36) ; le pic est maintenant dans `fill_by_channel` (étape 05), où DuckDB
+  ne peut pas travailler sous un plafond plus bas. Temps : **566 s** sur la machine ralentie de ce soir
+  (357 s l'après-midi avec le code de la session 7), 300 s visés. Par étape ce soir : 01 174 s, 05 163 s,
+  02 98 s, 04 63 s, 03 41 s, 06 21 s. Ce qui reste :
   - les comptages par client restants : grille R × F des étapes 03 et 06 (`rf_grid_at`, la réécriture
     par regroupement y est plus lente), résumé, calibration et suivi CLV (déjà à deux niveaux, sans
     `COUNT(DISTINCT)`) : 3 à 8 s chacun, le coût est le hachage de 10 M clés texte ; une clé client entière
