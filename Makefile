@@ -16,7 +16,8 @@ $(STAMP): requirements.lock pyproject.toml
 	@$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock 2>&1 | grep -v "^WARNING: Location" || true
 	@$(PY) -c "import duckdb, papermill, lifetimes" 
 	@$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
-	@$(PY) -m ipykernel install --sys-prefix --name crmlab --display-name "crmlab (Python 3)" --env MALLOC_MMAP_THRESHOLD_ 131072 --env MALLOC_TRIM_THRESHOLD_ 67108864 >/dev/null
+	@$(PY) -m ipykernel install --sys-prefix --name crmlab --display-name "crmlab (Python 3)" \
+		$$($(PY) -c "from crmlab.runner import KERNEL_ENV; print(' '.join(f'--env {k} {v}' for k, v in KERNEL_ENV.items()))") >/dev/null
 	@touch $(STAMP)
 
 $(DEMO)/truth/model.json: | $(STAMP)

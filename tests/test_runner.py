@@ -477,3 +477,5 @@ def test_step_kernels_get_fixed_malloc_thresholds_unless_set(monkeypatch, tmp_pa
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")  # the user's own setting is kept
     runner._execute(FakePapermill, step, rp, tmp_path / "out.ipynb", "python3", {})
     assert seen == [("131072", "67108864"), ("65536", "67108864")]
+    assert runner.os.environ.get("MALLOC_TRIM_THRESHOLD_") is None  # set only while the kernel starts
+    assert runner.os.environ["MALLOC_MMAP_THRESHOLD_"] == "65536"

@@ -921,9 +921,9 @@ def feed(con: duckdb.DuckDBPyConnection, p: dict, *, when=None) -> FeedResult:
     # customer files, the 2.4 M inbound-contact values at scale 185 became Python objects
     # (1.5 GiB instead of 0.4; 4.0 GiB instead of 2.7 while the current values were read) and
     # their dates Timestamp objects; the text stays Arrow strings whatever the parts hold
-    long = [x for x in (rec_long, int_long) if len(x)]
-    long = arrow_text(pd.concat(long, ignore_index=True)) if long else rec_long
-    del rec_long, int_long
+    filled = [x for x in (rec_long, int_long) if len(x)]
+    long = arrow_text(pd.concat(filled, ignore_index=True)) if filled else rec_long
+    del rec_long, int_long, filled
     cand = _prepare(long, region, priority)
     del long
     # only the (customer, field) pairs of the candidates: decide_fields joins on them

@@ -580,12 +580,7 @@ def register_frame(con: duckdb.DuckDBPyConnection, name: str, frame: pd.DataFram
     frame with its exact size but not on an Arrow table, and an empty decisions frame joined
     to two copies of 7 700 records was planned as their cross product (30 s instead of 0.01 s).
     """
-    out = frame
-    text = _text_columns(frame)
-    if text:
-        out = frame.copy()
-        for col in text:
-            out[col] = out[col].astype("string")
+    out = arrow_text(frame)
     if len(out) < ARROW_MIN_ROWS:
         con.register(name, out)
         return

@@ -465,22 +465,27 @@ KERNEL_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "671
 
 def _execute(pm, step: Step, rp: params.RunParams, out_nb: Path, kernel_name: str, marks: dict) -> None:
     slice_socket_waits()
-    for key, value in KERNEL_ENV.items():  # read by the kernel's C library when it starts
-        os.environ.setdefault(key, value)
-    pm.execute_notebook(
-        str(step.notebook),
-        str(out_nb),
-        parameters=rp.for_step(step.code),
-        cwd=str(step.notebook.parent),
-        kernel_name=kernel_name,
-        start_timeout=180,  # a kernel that never answers fails the step instead of hanging
-        execution_timeout=3600,  # per cell
-        progress_bar=False,
-        log_output=False,
-        request_save_on_cell_execute=False,
-        on_notebook_start=lambda **_: marks.setdefault("kernel_ready", time.perf_counter()),
-        extra_arguments=["--IPKernelApp.log_level=CRITICAL", "--HistoryManager.enabled=False"],  # no kernel start-up chatter
-    )
+    # the kernel inherits this process's environment when it starts; set only meanwhile
+    added = {k: v for k, v in KERNEL_ENV.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        pm.execute_notebook(
+            str(step.notebook),
+            str(out_nb),
+            parameters=rp.for_step(step.code),
+            cwd=str(step.notebook.parent),
+            kernel_name=kernel_name,
+            start_timeout=180,  # a kernel that never answers fails the step instead of hanging
+            execution_timeout=3600,  # per cell
+            progress_bar=False,
+            log_output=False,
+            request_save_on_cell_execute=False,
+            on_notebook_start=lambda **_: marks.setdefault("kernel_ready", time.perf_counter()),
+            extra_arguments=["--IPKernelApp.log_level=CRITICAL", "--HistoryManager.enabled=False"],  # no kernel start-up chatter
+        )
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
 
 
 def _run_step(step: Step, rp: params.RunParams, out_dir: Path, res: StepResult, kernel_name: str) -> None:
