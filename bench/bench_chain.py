@@ -106,7 +106,7 @@ def _count(database: str, table: str) -> int | None:
     try:
         con = duckdb.connect(database, read_only=True)
         try:
-            return int(con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+            return int(con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0])
         finally:
             con.close()
     except Exception:  # noqa: BLE001 - a failed run may leave no database

@@ -91,7 +91,7 @@ def test_measure_report_shows_nps_in_whole_points_and_explains_the_alerts(demo_r
     assert "Aucune alerte client" in text and "aucun contact entrant n'était encore collecté" in text
     run = json.loads((demo_run / "run.json").read_text(encoding="utf-8"))
     con = duckdb.connect(run["params"]["run"]["database"], read_only=True)
-    survey = con.execute("SELECT count(*), count(DISTINCT source) FROM interactions WHERE kind = 'enquête'").fetchone()
+    survey = con.execute("SELECT count(*), count(DISTINCT source) FROM interactions WHERE kind = 'enquête'").fetchall()[0]
     scores = dict(con.execute("""SELECT s.score_type, count(*) FROM interaction_scores s JOIN interactions i USING (interaction_id)
                                  WHERE i.kind = 'enquête' GROUP BY 1""").fetchall())
     con.close()
@@ -109,7 +109,7 @@ def test_second_run_on_the_same_database_succeeds(demo_run, tmp_path):
     database = tmp_path / "again.duckdb"
     shutil.copy(first["params"]["run"]["database"], database)
     con = duckdb.connect(str(database), read_only=True)
-    matched_before = con.execute("SELECT count(*), count(customer_id) FROM interactions").fetchone()
+    matched_before = con.execute("SELECT count(*), count(customer_id) FROM interactions").fetchall()[0]
     con.close()
     result = run_chain(Path(first["params_file"]), out=tmp_path / "run2", overrides=[f"run.database={database}"],
                        echo=lambda *a, **k: None)
@@ -120,7 +120,7 @@ def test_second_run_on_the_same_database_succeeds(demo_run, tmp_path):
     report = (tmp_path / "run2" / "html" / "01_constituer.html").read_text(encoding="utf-8")
     assert "identifiant(s) client(s) changé(s) par ce rapprochement" in report
     con = duckdb.connect(str(database), read_only=True)
-    q = lambda sql: con.execute(sql).fetchone()  # noqa: E731
+    q = lambda sql: con.execute(sql).fetchall()[0]  # noqa: E731
     statuses = dict(con.execute("SELECT step, status FROM runs WHERE run_id = ?", [second["run_id"]]).fetchall())
     assert {statuses[s] for s in ("04", "05", "06") if s in statuses} == {"ok"}
     # every contact matched in the first run is still matched, to an existing customer

@@ -81,7 +81,7 @@ def test_collect_matches_creates_prospects_and_measures(tmp_path):
     # a second run on the same file changes nothing (ledger)
     files2, _ = collecter.collect(con, p)
     assert (files2["status"] == "déjà chargé").all()
-    assert con.execute("SELECT count(*) FROM interactions").fetchone()[0] == 7
+    assert con.execute("SELECT count(*) FROM interactions").fetchall()[0][0] == 7
     con.execute("ROLLBACK")
 
 
@@ -98,7 +98,7 @@ def test_prospect_record_comes_from_the_file_of_its_key_contact(tmp_path):
     collecter.collect(con, p)
     rec = con.execute("SELECT source, source_key, sha256 FROM source_customers WHERE source IN ('entrants', 'autres')").df()
     assert rec[["source", "source_key"]].values.tolist() == [["autres", "I1"]]
-    sha_i1 = con.execute("SELECT sha256 FROM interactions WHERE interaction_id = 'I1'").fetchone()[0]
+    sha_i1 = con.execute("SELECT sha256 FROM interactions WHERE interaction_id = 'I1'").fetchall()[0][0]
     assert rec["sha256"].iloc[0] == sha_i1
     con.execute("ROLLBACK")
 
@@ -156,7 +156,7 @@ def test_keep_text_true_keeps_the_message(tmp_path):
     con = _base(tmp_path)
     con.execute("BEGIN")
     collecter.collect(con, _params(path, keep_text=True))
-    assert con.execute("SELECT text FROM interactions WHERE interaction_id = 'I1'").fetchone()[0] == "Très bien"
+    assert con.execute("SELECT text FROM interactions WHERE interaction_id = 'I1'").fetchall()[0][0] == "Très bien"
     con.execute("ROLLBACK")
 
 
@@ -195,7 +195,7 @@ def test_bad_rows_rejeter_counts_them(tmp_path):
     con = _base(tmp_path)
     con.execute("BEGIN")
     _, rejected = collecter.collect(con, _params(path, bad_rows="rejeter"))
-    assert con.execute("SELECT count(*) FROM interactions").fetchone()[0] == 7
+    assert con.execute("SELECT count(*) FROM interactions").fetchall()[0][0] == 7
     assert int(rejected["rows"].sum()) == 2
     assert set(rejected["reason"]) == {"note 11.0 hors de l'échelle nps", "canal inconnu « pigeon »"}
     con.execute("ROLLBACK")
@@ -291,7 +291,7 @@ def test_scores_one_contact_per_answer_every_score_kept(tmp_path):
     collecter.check_output(con, p)
     # loading the same file again adds neither contacts nor scores
     collecter.collect(con, p)
-    assert con.execute("SELECT count(*) FROM interaction_scores").fetchone()[0] == 6
+    assert con.execute("SELECT count(*) FROM interaction_scores").fetchall()[0][0] == 6
     con.execute("ROLLBACK")
 
 
@@ -349,7 +349,7 @@ def test_scores_bad_rows_rejeter_leaves_the_whole_answer_out(tmp_path):
     _, rejected = collecter.collect(con, _survey_params(path, bad_rows="rejeter", collect_max_unparsable_share=0.5))
     ids = [r[0] for r in con.execute("SELECT interaction_id FROM interactions ORDER BY 1").fetchall()]
     assert ids == ["R1", "R2", "R3", "R4"]
-    assert con.execute("SELECT count(*) FROM interaction_scores WHERE interaction_id IN ('R5', 'R6')").fetchone()[0] == 0
+    assert con.execute("SELECT count(*) FROM interaction_scores WHERE interaction_id IN ('R5', 'R6')").fetchall()[0][0] == 0
     assert dict(zip(rejected["reason"], rejected["rows"], strict=True)) == {
         "note 11.0 hors de l'échelle nps": 1, "valeur ignorée : score CSAT non numérique": 1}
     con.execute("ROLLBACK")
@@ -413,9 +413,9 @@ def test_demo_survey_counted_once_and_satisfaction_matches_the_files(tiny_demo, 
     measures = collecter.collect_measures(con, rejected)
     got = measures[measures["source"] == "enquete_satisfaction"]
     assert int(got["collected"].sum()) == survey["response_id"].nunique() == len(survey)
-    n_all = con.execute("SELECT count(*) FROM interactions").fetchone()[0]
+    n_all = con.execute("SELECT count(*) FROM interactions").fetchall()[0][0]
     assert collecter.collect_totals(con)["collected"] == n_all
-    assert con.execute("SELECT count(*) FROM interactions WHERE source = 'enquete_satisfaction'").fetchone()[0] == len(survey)
+    assert con.execute("SELECT count(*) FROM interactions WHERE source = 'enquete_satisfaction'").fetchall()[0][0] == len(survey)
     # truth: the scores of the files, in the survey window before as_of
     as_of = pd.Timestamp(p["as_of"])
     start = as_of - pd.Timedelta(days=p["survey_recent_days"])

@@ -63,7 +63,7 @@ def test_reopening_a_step_in_the_same_process_starts_it_over(tmp_path):
     con = db.open_step(path, "01", "r1", "2024-01-01")
     con.execute("INSERT INTO customers (customer_id) VALUES ('C1')")
     con2 = db.open_step(path, "01", "r1", "2024-01-01")  # a notebook's first cells run again
-    assert con2.execute("SELECT count(*) FROM customers").fetchone()[0] == 0
+    assert con2.execute("SELECT count(*) FROM customers").fetchall()[0][0] == 0
     con2.execute("INSERT INTO customers (customer_id) VALUES ('C2')")
     db.commit_step(con2, "01", "r1")
     con2.close()
@@ -141,7 +141,7 @@ def test_connect_applies_the_configured_memory_limit(tmp_path, monkeypatch):
     con = db.connect(tmp_path / "base.duckdb")
     try:
         # DuckDB reports the cap in binary units: 1 GB = 953.6 MiB
-        assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0] == "953.6 MiB"
+        assert con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0] == "953.6 MiB"
     finally:
         con.close()
 
@@ -157,7 +157,7 @@ def test_an_unreadable_memory_limit_is_a_french_input_error(tmp_path, monkeypatc
 def test_connections_draw_no_progress_bar():
     """In a kernel DuckDB draws its progress bar as widget outputs kept in the executed notebooks."""
     con = db.connect(":memory:")
-    assert con.execute("SELECT current_setting('enable_progress_bar')").fetchone()[0] is False
+    assert con.execute("SELECT current_setting('enable_progress_bar')").fetchall()[0][0] is False
 
 
 _TYPES_SQL = """
@@ -180,7 +180,7 @@ SELECT * FROM (VALUES
 def test_to_frame_types_the_columns_as_duckdb_df_does(sql):
     con = db.connect(":memory:")
     expected = con.execute(sql).df()
-    got = db.to_frame(con.execute(sql))
+    got = db.to_frame(con.sql(sql))
     assert list(got.columns) == list(expected.columns)
     assert list(got.dtypes) == list(expected.dtypes)
     for i in range(expected.shape[1]):
@@ -202,9 +202,9 @@ def test_register_frame_keeps_types_and_falls_back_on_mixed_columns(monkeypatch,
     types = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE _f)").fetchall())
     assert types == {"s": "VARCHAR", "none": "VARCHAR", "n": "BIGINT", "ts": "TIMESTAMP", "b": "BOOLEAN",
                      "f": "DOUBLE"}
-    assert con.execute("SELECT count(*) FILTER (WHERE f IS NULL), count(*) FILTER (WHERE b IS NULL) FROM _f").fetchone() == (1, 1)
+    assert con.execute("SELECT count(*) FILTER (WHERE f IS NULL), count(*) FILTER (WHERE b IS NULL) FROM _f").fetchall()[0] == (1, 1)
     db.register_frame(con, "_m", pd.DataFrame({"x": ["a", 1]}, dtype=object))  # Arrow cannot type it
-    assert con.execute("SELECT count(*) FROM _m").fetchone()[0] == 2
+    assert con.execute("SELECT count(*) FROM _m").fetchall()[0][0] == 2
 
 
 def test_arrow_text_turns_object_text_into_arrow_strings_and_leaves_the_rest():
@@ -236,14 +236,14 @@ def test_memory_cap_lowers_the_cap_for_a_block_and_restores_it(tmp_path):
     con.execute("CREATE TEMP TABLE t AS SELECT 'customer number ' || (i * 7919 % 2500000) AS k, i "
                 "FROM range(2500000) r(i)")  # about twice the cap below
     with db.memory_cap(con, "100MiB"):
-        assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0] == "100.0 MiB"
-        rows = db.to_frame(con.execute("SELECT k, i FROM t ORDER BY k, i"))  # spills past the cap
-    assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0] == "1.0 GiB"
+        assert con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0] == "100.0 MiB"
+        rows = db.to_frame(con.sql("SELECT k, i FROM t ORDER BY k, i"))  # spills past the cap
+    assert con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0] == "1.0 GiB"
     assert len(rows) == 2500000 and rows["k"].is_monotonic_increasing
     with pytest.raises(ZeroDivisionError), db.memory_cap(con, "64MiB"):
         raise ZeroDivisionError
-    assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0] == "1.0 GiB"
+    assert con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0] == "1.0 GiB"
     con.execute("SET memory_limit = '32MiB'")
     with db.memory_cap(con, "600MiB"):  # a lower cap already set is kept
-        assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0] == "32.0 MiB"
+        assert con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0] == "32.0 MiB"
     con.execute("COMMIT")

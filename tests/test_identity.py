@@ -147,7 +147,7 @@ def test_customer_id_is_md5_of_smallest_key():
     assert links["customer_id"].tolist() == [expected, expected]
     assert identity.customer_id("magasin", "b") == expected
     con = duckdb.connect()
-    assert con.execute(f"SELECT {identity.customer_id_sql('?', '?')}", ["magasin", "b"]).fetchone()[0] == expected
+    assert con.execute(f"SELECT {identity.customer_id_sql('?', '?')}", ["magasin", "b"]).fetchall()[0][0] == expected
 
 
 def test_golden_record_survivorship():
@@ -168,7 +168,7 @@ def test_golden_record_survivorship():
     assert (row.created_at, row.updated_at) == (pd.Timestamp("2022-06-01"), pd.Timestamp("2025-01-01"))
     assert (row.n_records, row.sources, bool(row.is_prospect)) == (2, "magasin,web", False)
     con2, _, _ = run(records)  # equal priorities: most recent update wins
-    assert con2.execute("SELECT address FROM customers").fetchone()[0] == "1 rue Neuve"
+    assert con2.execute("SELECT address FROM customers").fetchall()[0][0] == "1 rue Neuve"
 
 
 def test_decisions_split_and_join(tmp_path):
@@ -271,13 +271,13 @@ def test_link_result_and_synthetic_quality(tmp_path):
     result = identity.link(con, truth=str(truth_path), now=NOW)
     assert result.metrics["precision"] >= 0.97 and result.metrics["recall"] >= 0.95
     assert result.counts["records"] == len(records)
-    assert result.counts["customers"] == con.execute("SELECT count(*) FROM customers").fetchone()[0]
+    assert result.counts["customers"] == con.execute("SELECT count(*) FROM customers").fetchall()[0][0]
     assert result.counts["customers"] + result.counts["records_merged"] == len(records)
     assert result.thresholds["chosen"].sum() == 1
     assert {"threshold", "customers", "precision", "recall", "f1"} <= set(result.thresholds.columns)
     assert result.thresholds["customers"].is_monotonic_increasing
     assert len(result.examples["customer_id"].unique()) == 5
-    assert con.execute("SELECT sum(n_records) FROM customers").fetchone()[0] == len(records)
+    assert con.execute("SELECT sum(n_records) FROM customers").fetchall()[0][0] == len(records)
     assert identity.evaluate(con, truth_path)["f1"] == pytest.approx(result.metrics["f1"])
 
 

@@ -239,7 +239,7 @@ _SQL_CON = duckdb.connect()
 def test_email_sql_equals_email(parts, rules, dots):
     value = "".join(parts)
     sql = nz.email_sql("v", rules, ignore_dots=dots)
-    got = _SQL_CON.execute(f"SELECT {sql} FROM (SELECT ?::VARCHAR AS v)", [value]).fetchone()[0]
+    got = _SQL_CON.execute(f"SELECT {sql} FROM (SELECT ?::VARCHAR AS v)", [value]).fetchall()[0][0]
     assert got == nz.email(value, rules, ignore_dots=dots)
 
 
@@ -249,7 +249,7 @@ def test_address_sql_equals_address(parts, sep):
     value = sep.join(parts)
     if not all(" " <= c <= "~" for c in value):  # the SQL form is used on printable ASCII only
         return
-    got = _SQL_CON.execute(f"SELECT {nz.address_sql('v')} FROM (SELECT ?::VARCHAR AS v)", [value]).fetchone()[0]
+    got = _SQL_CON.execute(f"SELECT {nz.address_sql('v')} FROM (SELECT ?::VARCHAR AS v)", [value]).fetchall()[0][0]
     assert got == nz.address(value)
 
 

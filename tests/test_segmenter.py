@@ -183,10 +183,10 @@ def test_snapshot_checks_and_kpis(tmp_path):
     done = segmenter.run_checks(con, p, t, cont, camp)
     db.commit_step(con, "02", "r1")
     assert len(done) == 3
-    assert con.execute("SELECT COUNT(*) FROM segments").fetchone()[0] == len(c)
+    assert con.execute("SELECT COUNT(*) FROM segments").fetchall()[0][0] == len(c)
     head = con.execute("SELECT kpi FROM kpis WHERE dimension = '' ORDER BY kpi").df()["kpi"].tolist()
     assert set(segmenter.HEADLINE_KPIS) - {"CLV moyenne"} <= set(head) and "clv_total" in head
-    assert con.execute("SELECT value FROM kpis WHERE kpi = 'ajustement du modèle' AND dimension = 'bgnbd.r'").fetchone()[0] == 0.5
+    assert con.execute("SELECT value FROM kpis WHERE kpi = 'ajustement du modèle' AND dimension = 'bgnbd.r'").fetchall()[0][0] == 0.5
     # a broken snapshot is caught
     con.execute("DELETE FROM segments WHERE customer_id = (SELECT MIN(customer_id) FROM segments)")
     with pytest.raises(CheckError, match="exactement un segment"):
@@ -211,10 +211,10 @@ def test_notebook_end_to_end(tmp_path, kernel_name):
                                 {"name": "Merci", "segments": ["Champions", "Fidèles"], "offer": "cadeau", "control_share": 0.2}]},
     )
     con = db.connect(path, read_only=True)
-    n_buyers = con.execute("SELECT COUNT(DISTINCT customer_id) FROM transactions WHERE ts < DATE '2024-01-01'").fetchone()[0]
-    assert con.execute("SELECT COUNT(*) FROM segments WHERE as_of = DATE '2024-01-01'").fetchone()[0] == n_buyers
-    assert con.execute("SELECT COUNT(*) FROM campaigns WHERE status = 'planned'").fetchone()[0] == 2
-    assert con.execute("SELECT status FROM runs WHERE run_id = 'nb-1' AND step = '02'").fetchone()[0] == "ok"
+    n_buyers = con.execute("SELECT COUNT(DISTINCT customer_id) FROM transactions WHERE ts < DATE '2024-01-01'").fetchall()[0][0]
+    assert con.execute("SELECT COUNT(*) FROM segments WHERE as_of = DATE '2024-01-01'").fetchall()[0][0] == n_buyers
+    assert con.execute("SELECT COUNT(*) FROM campaigns WHERE status = 'planned'").fetchall()[0][0] == 2
+    assert con.execute("SELECT status FROM runs WHERE run_id = 'nb-1' AND step = '02'").fetchall()[0][0] == "ok"
     heads = con.execute("SELECT kpi FROM kpis WHERE run_id = 'nb-1' AND dimension = ''").df()["kpi"].tolist()
     assert "clients actifs" in heads and "part du CA des 20 % meilleurs clients" in heads
     con.close()
@@ -251,6 +251,6 @@ def test_write_snapshot_round_trip(tmp_path):
     assert set(got["run_id"]) == {"r1"} and set(got["as_of"].astype(str)) == {"2024-01-01"}
     none = segmenter.attach_models(c)  # without models: NULL cluster, p_alive and clv
     segmenter.write_snapshot(con, none, as_of=p.as_of, run_id="r1")
-    row = con.execute("SELECT count(*), count(cluster), count(p_alive), count(clv) FROM segments").fetchone()
+    row = con.execute("SELECT count(*), count(cluster), count(p_alive), count(clv) FROM segments").fetchall()[0]
     assert row == (len(c), 0, 0, 0)
     con.close()

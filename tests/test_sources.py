@@ -76,7 +76,7 @@ def test_french_cp1252_file_loads_without_hints(con, tmp_path):
     ids = [r[0] for r in con.execute("SELECT transaction_id FROM transactions ORDER BY row_number").fetchall()]
     sha = sources.file_sha256(path)
     assert ids == [f"src:{sha[:12]}:2", f"src:{sha[:12]}:3", f"src:{sha[:12]}:7"]
-    assert con.execute("SELECT count(*) FROM transactions WHERE order_id <> transaction_id").fetchone()[0] == 0
+    assert con.execute("SELECT count(*) FROM transactions WHERE order_id <> transaction_id").fetchall()[0][0] == 0
     rej = con.execute("SELECT row_number, reason, column_name, value, record FROM rejects ORDER BY row_number").fetchall()
     assert [r[:4] for r in rej] == [
         (4, "clé client manquante", '"N° client"', None),
@@ -136,7 +136,7 @@ def test_header_false_hint_and_encoding_hint(con, tmp_path):
 def test_date_formats_detected(con, tmp_path, value, expected):
     path = write_bytes(tmp_path / "d.csv", f"k,d,a\nA,{value},1\n", "utf-8")
     load(con, kind="transactions", path=str(path), columns={"customer_key": "k", "ts": "d", "amount": "a"})
-    assert con.execute("SELECT ts FROM transactions").fetchone()[0] == expected
+    assert con.execute("SELECT ts FROM transactions").fetchall()[0][0] == expected
 
 
 def test_french_wins_ties_over_us(con, tmp_path):
@@ -250,14 +250,14 @@ def test_glob_of_two_files_and_idempotence(con, tmp_path):
     res = load(con, **src)
     assert [Path(f.path).name for f in res.files] == ["ventes_2023.csv", "ventes_2024.csv"]
     assert res.rows_kept == 3
-    assert con.execute("SELECT count(*) FROM ingestions").fetchone()[0] == 2
-    assert con.execute(f"SELECT count(*) FROM {res.staged}").fetchone()[0] == 3
+    assert con.execute("SELECT count(*) FROM ingestions").fetchall()[0][0] == 2
+    assert con.execute(f"SELECT count(*) FROM {res.staged}").fetchall()[0][0] == 3
     before = snapshot(con)
     again = load(con, **src)
     assert [f.skipped for f in again.files] == [True, True]
     assert again.rows_kept == 0 and len(again.skipped) == 2
     assert snapshot(con) == before
-    assert con.execute(f"SELECT count(*) FROM {again.staged}").fetchone()[0] == 0
+    assert con.execute(f"SELECT count(*) FROM {again.staged}").fetchall()[0][0] == 0
 
 
 def test_customers_reload_of_newer_export_replaces_records(con, tmp_path):
@@ -280,7 +280,7 @@ def test_where_and_exclude_counts(con, tmp_path):
     f = res.files[0]
     assert f.excluded == {"Annulations (factures C…)": 2}
     assert (f.rows_filtered, f.rows_kept, f.rejected) == (1, 1, {"clé client manquante": 1})
-    assert con.execute("SELECT rows_filtered FROM ingestions").fetchone()[0] == 3
+    assert con.execute("SELECT rows_filtered FROM ingestions").fetchall()[0][0] == 3
     assert "country" in res.columns_used
 
 
@@ -289,7 +289,7 @@ def test_optional_parse_failures_are_warnings(con, tmp_path):
     res = load(con, kind="customers", path=str(path), columns={"source_key": "id", "birth_date": "naissance"})
     assert res.rows_kept == 31
     assert res.warnings == {"valeur ignorée : date illisible (birth_date)": 1}
-    assert con.execute("SELECT birth_date FROM source_customers WHERE source_key = '99'").fetchone()[0] is None
+    assert con.execute("SELECT birth_date FROM source_customers WHERE source_key = '99'").fetchall()[0][0] is None
     assert con.execute("SELECT row_number, reason, value FROM rejects").fetchall() == [
         (32, "valeur ignorée : date illisible", "jamais")]
 
@@ -319,8 +319,8 @@ def test_interactions_are_only_staged(con, tmp_path):
     res = load(con, kind="interactions", path=str(path), columns={"channel": "canal", "ts": "quand", "score": "note"})
     assert con.execute(f"SELECT channel, ts, score, source, row_number FROM {res.staged}").fetchall() == [
         ("appel", dt.datetime(2024, 2, 1, 10), 9.0, "src", 2)]
-    assert con.execute("SELECT count(*) FROM interactions").fetchone()[0] == 0
-    assert con.execute("SELECT count(*) FROM ingestions").fetchone()[0] == 1
+    assert con.execute("SELECT count(*) FROM interactions").fetchall()[0][0] == 0
+    assert con.execute("SELECT count(*) FROM ingestions").fetchall()[0][0] == 1
 
 
 # --------------------------------------------------------------------------- params validation
@@ -495,17 +495,17 @@ def test_online_retail_counts(con):
     q = duckdb.connect()
     no_cust_cancel = q.execute(
         "SELECT count(*) FROM read_parquet(?) WHERE CustomerID IS NULL AND starts_with(InvoiceNo, 'C')", [str(path)]
-    ).fetchone()[0]
+    ).fetchall()[0][0]
     assert no_cust_cancel == 383
     f = res.files[0]
     assert f.rows_read == 541_909
     assert f.excluded == {"Annulations (factures C…)": 9_288}
     assert f.rejected == {"clé client manquante": 135_080 - 383}
     assert f.rows_kept == 541_909 - 9_288 - 134_697 == 397_924
-    assert con.execute("SELECT count(*), count(DISTINCT customer_key), count(DISTINCT order_id) FROM transactions").fetchone() == (
+    assert con.execute("SELECT count(*), count(DISTINCT customer_key), count(DISTINCT order_id) FROM transactions").fetchall()[0] == (
         397_924, 4_339, 18_536)
-    assert con.execute("SELECT customer_key FROM transactions ORDER BY row_number LIMIT 1").fetchone()[0] == "17850"
-    assert con.execute("SELECT count(*) FROM rejects WHERE reason = 'clé client manquante'").fetchone()[0] == 134_697
+    assert con.execute("SELECT customer_key FROM transactions ORDER BY row_number LIMIT 1").fetchall()[0][0] == "17850"
+    assert con.execute("SELECT count(*) FROM rejects WHERE reason = 'clé client manquante'").fetchall()[0][0] == 134_697
     assert res.columns_unused == ["Description"]
 
 
@@ -519,13 +519,13 @@ def test_cdnow_sample(con):
     assert (res.rows_read, res.rows_kept, res.rows_rejected) == (6_919, 6_919, 0)
     got = con.execute(
         "SELECT count(DISTINCT customer_key), min(ts), max(ts), round(sum(amount), 2) FROM transactions"
-    ).fetchone()
+    ).fetchall()[0]
     assert got[:3] == (2_357, dt.datetime(1997, 1, 1), dt.datetime(1998, 6, 30))
     res2 = load(con, name="cdnow2", kind="transactions", path=str(path), columns=cols, date_format="%Y%m%d")
     assert res2.rows_kept == 6_919
     zero = sum(1 for line in path.read_text().splitlines() if line.split() and float(line.split()[4]) == 0)
     assert zero == 8
-    assert con.execute("SELECT count(*) FROM transactions WHERE amount = 0").fetchone()[0] == 2 * zero
+    assert con.execute("SELECT count(*) FROM transactions WHERE amount = 0").fetchall()[0][0] == 2 * zero
 
 
 def test_row_numbers_inside_an_open_transaction(tmp_path):
@@ -554,7 +554,7 @@ def test_number_fast_path_reads_like_the_full_rules(text, decimal):
     con = duckdb.connect()
     fast = sources._number_parse_sql("v", decimal)
     full = sources._number_parse_sql("v", decimal, fast_path=False)
-    got, want = con.execute(f"SELECT {fast}, {full} FROM (SELECT ?::VARCHAR AS v)", [text]).fetchone()
+    got, want = con.execute(f"SELECT {fast}, {full} FROM (SELECT ?::VARCHAR AS v)", [text]).fetchall()[0]
     assert got == want or (got != got and want != want)  # NaN == NaN here
 
 

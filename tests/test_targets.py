@@ -104,11 +104,11 @@ def test_plan_and_store_idempotent():
     for _ in range(2):  # re-running the same run replaces, never duplicates
         targets.store(con, camp, cont, run_id="r1", as_of="2024-06-30")
     con.execute("INSERT INTO campaigns (campaign_id, name, status) VALUES ('old', 'passée', 'done')")
-    assert con.execute("SELECT COUNT(*) FROM campaigns WHERE status = 'planned'").fetchone()[0] == 2
-    assert con.execute("SELECT COUNT(*) FROM campaign_contacts").fetchone()[0] == 1257
+    assert con.execute("SELECT COUNT(*) FROM campaigns WHERE status = 'planned'").fetchall()[0][0] == 2
+    assert con.execute("SELECT COUNT(*) FROM campaign_contacts").fetchall()[0][0] == 1257
     grp = con.execute("SELECT grp, COUNT(*) FROM campaign_contacts WHERE campaign_id = 'P20240630-champions' GROUP BY grp ORDER BY grp").fetchall()
     assert grp == [("control", 20), ("treatment", 180)]
-    assert con.execute("SELECT target FROM campaigns WHERE name = 'Champions'").fetchone()[0] == "segments Champions"
+    assert con.execute("SELECT target FROM campaigns WHERE name = 'Champions'").fetchall()[0][0] == "segments Champions"
 
 
 def test_slug_and_describe():

@@ -225,8 +225,8 @@ def provenance(
     try:
         union = _provenance_sql(con, fields or MEASURED_FIELDS, subset=customer_ids is not None, consents=consents)
         if counts:
-            return to_frame(con.execute(f"SELECT field, channel, count(*) AS customers FROM ({union}) GROUP BY 1, 2 ORDER BY 1, 2"))
-        return to_frame(con.execute(union + " ORDER BY 1, 2"))
+            return to_frame(con.sql(f"SELECT field, channel, count(*) AS customers FROM ({union}) GROUP BY 1, 2 ORDER BY 1, 2"))
+        return to_frame(con.sql(union + " ORDER BY 1, 2"))
     finally:
         _provenance_drop(con)
         if customer_ids is not None:
@@ -388,7 +388,7 @@ def files_table(loads: list) -> pd.DataFrame:
 
 
 def _staged(con: duckdb.DuckDBPyConnection, loads: list, kind: str) -> pd.DataFrame:
-    frames = [to_frame(con.execute(f"SELECT * FROM {ld.staged}")) for ld in loads if ld.kind == kind]
+    frames = [to_frame(con.sql(f"SELECT * FROM {ld.staged}")) for ld in loads if ld.kind == kind]
     frames = [f for f in frames if len(f)]
     if not frames:
         return pd.DataFrame()
@@ -499,7 +499,7 @@ def link_new_records(con: duckdb.DuckDBPyConnection, p: dict, records: pd.DataFr
     recs = records[["source", "source_key", "email", "phone", "last_name"]].drop_duplicates(["source", "source_key"]).copy()
     register_frame(con, "_ln_recs", recs[["source", "source_key"]])
     try:
-        known = to_frame(con.execute("SELECT r.source, r.source_key FROM _ln_recs r JOIN customer_links l USING (source, source_key)"))
+        known = to_frame(con.sql("SELECT r.source, r.source_key FROM _ln_recs r JOIN customer_links l USING (source, source_key)"))
     finally:
         con.unregister("_ln_recs")
     known_keys = set(zip(known["source"], known["source_key"], strict=True))
@@ -511,7 +511,7 @@ def link_new_records(con: duckdb.DuckDBPyConnection, p: dict, records: pd.DataFr
     new["ln_n"] = [normalize.name(v) for v in new["last_name"]]
     register_frame(con, "_ln_new", new[["source", "source_key", "email_n", "phone_n", "ln_n"]].astype(object))
     try:
-        cand = to_frame(con.execute("""
+        cand = to_frame(con.sql("""
             SELECT n.source, n.source_key,
                    (SELECT min(c.customer_id) FROM customers c WHERE n.email_n IS NOT NULL AND c.email = n.email_n) AS by_email,
                    (SELECT min(c.customer_id) FROM customers c WHERE n.phone_n IS NOT NULL AND c.phone = n.phone_n
@@ -574,7 +574,7 @@ def attach_keys(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     union = " UNION ".join(
         f"SELECT DISTINCT {s} AS source, {k} AS source_key FROM {t} WHERE customer_id IS NULL AND {k} IS NOT NULL"
         for t, s, k in KEY_REFERENCES)
-    missing = to_frame(con.execute(f"SELECT u.*, {identity.customer_id_sql('u.source', 'u.source_key')} AS customer_id "
+    missing = to_frame(con.sql(f"SELECT u.*, {identity.customer_id_sql('u.source', 'u.source_key')} AS customer_id "
                                    f"FROM ({union}) u ANTI JOIN customer_links l USING (source, source_key) ORDER BY 1, 2"))
     if len(missing):
         register_frame(con, "_ak", missing)
@@ -658,14 +658,14 @@ def current_field_meta(con: duckdb.DuckDBPyConnection, customer_ids: list[str], 
                         SELECT c.*, p.channel AS p_source FROM _cfm_cur c
                         LEFT JOIN ({prov}) p ON p.customer_id = c.customer_id AND p.field = c.field""")
         _provenance_drop(con)
-        keys = to_frame(con.execute("SELECT DISTINCT h_source, h_channel, p_source FROM _cfm_full")).astype(object)
+        keys = to_frame(con.sql("SELECT DISTINCT h_source, h_channel, p_source FROM _cfm_full")).astype(object)
         keys = keys.where(keys.notna(), None)
         keys["cur_rank"] = np.array([
             _rank(priority, hs, hc) if isinstance(hs, str) or isinstance(hc, str) else _rank(priority, ps, None)
             for hs, hc, ps in zip(keys["h_source"], keys["h_channel"], keys["p_source"], strict=True)], dtype=float)
         register_frame(con, "_cfm_rank", keys)
         try:
-            return to_frame(con.execute("""
+            return to_frame(con.sql("""
                 SELECT c.customer_id, c.field, c.cur_value, c.cur_ts, CAST(r.cur_rank AS DOUBLE) AS cur_rank
                 FROM _cfm_full c JOIN _cfm_rank r ON r.h_source IS NOT DISTINCT FROM c.h_source
                     AND r.h_channel IS NOT DISTINCT FROM c.h_channel AND r.p_source IS NOT DISTINCT FROM c.p_source
@@ -820,7 +820,7 @@ def _interaction_candidates(con: duckdb.DuckDBPyConnection) -> tuple[pd.DataFram
     """Candidate values and consents of interactions not applied yet (matched to a customer)."""
     # interactions already fed and the matched customer are settled in SQL (pandas isin
     # over a million strings took 8 s)
-    rows = to_frame(con.execute(f"""
+    rows = to_frame(con.sql(f"""
         WITH r AS (
             SELECT 'interaction|' || coalesce(i.interaction_id, i.source || '|' || CAST(i.row_number AS VARCHAR)) AS item,
                    i.customer_id, i.ts, i.channel, i.source, {', '.join('i.' + f for f in INTERACTION_FIELDS)},
@@ -907,7 +907,7 @@ def feed(con: duckdb.DuckDBPyConnection, p: dict, *, when=None) -> FeedResult:
     if len(records):
         register_frame(con, "_rec_keys", records[["source", "source_key"]].astype(object))
         try:
-            ids = to_frame(con.execute("SELECT r.source, r.source_key, l.customer_id FROM _rec_keys r "
+            ids = to_frame(con.sql("SELECT r.source, r.source_key, l.customer_id FROM _rec_keys r "
                                        "JOIN customer_links l USING (source, source_key)"))
         finally:
             con.unregister("_rec_keys")
@@ -939,7 +939,7 @@ def feed(con: duckdb.DuckDBPyConnection, p: dict, *, when=None) -> FeedResult:
 
     # ---- consents: batch rows (consent files, consent_<channel> columns) and interactions
     con.execute("CREATE OR REPLACE TEMP TABLE _new_consents AS SELECT * FROM consents WHERE sha256 IN (SELECT sha256 FROM _new_sha)")
-    batch_cons = to_frame(con.execute("""
+    batch_cons = to_frame(con.sql("""
         SELECT c.source || '|' || substr(c.sha256, 1, 16) || '|' || c.channel || '|' || c.source_key AS item,
                c.customer_id, c.channel AS channel_name, c.opted_in, c.updated_at AS ts, c.source AS channel, c.source
         FROM _new_consents c WHERE c.customer_id IS NOT NULL"""))
@@ -955,7 +955,7 @@ def feed(con: duckdb.DuckDBPyConnection, p: dict, *, when=None) -> FeedResult:
     try:
         # the state before the batch, from the copy taken then (the whole state: 12 s at scale)
         state = history.current_consents_sql("_consents_before", "customer_id IN (SELECT customer_id FROM _cc_ids)")
-        cstate = to_frame(con.execute("SELECT customer_id, channel AS channel_name, opted_in AS cur_opted_in, updated_at AS cur_ts "
+        cstate = to_frame(con.sql("SELECT customer_id, channel AS channel_name, opted_in AS cur_opted_in, updated_at AS cur_ts "
                                       f"FROM ({state})"))
     finally:
         con.unregister("_cc_ids")
@@ -1026,7 +1026,7 @@ def feed(con: duckdb.DuckDBPyConnection, p: dict, *, when=None) -> FeedResult:
     # under a lower cap: the sort spills instead of holding its rows beside the frame being
     # built (step 05 at scale 185 in one process, end of feed: 3 484 -> 2 359 MiB)
     with memory_cap(con, DECISIONS_FETCH_CAP):
-        decisions = to_frame(con.execute(
+        decisions = to_frame(con.sql(
             f"SELECT {', '.join(decision_cols)} FROM _feed_dec "
             "ORDER BY customer_id NULLS LAST, field NULLS LAST, item NULLS LAST, _pos"))
     con.execute("DROP TABLE _feed_dec")
@@ -1074,7 +1074,7 @@ def _feed_items(con, loads, decisions: str, run_id, when) -> pd.DataFrame:
             CREATE OR REPLACE TEMP TABLE _fi_sum AS
             SELECT item, arg_min_null(label, ko) AS outcome,
                    CASE WHEN count(part) > 0 THEN array_to_string(list_transform(
-                       list_sort(list(struct_pack(k := ko, p := part)) FILTER (WHERE part IS NOT NULL)), x -> x.p), '; ')
+                       list_sort(list(struct_pack(k := ko, p := part)) FILTER (WHERE part IS NOT NULL)), lambda x: x.p), '; ')
                    END AS reason,
                    arg_min_null(customer_id, k) AS customer_id, arg_min_null(source, k) AS source,
                    min(k) AS first
@@ -1129,7 +1129,7 @@ def _feed_items(con, loads, decisions: str, run_id, when) -> pd.DataFrame:
     con.execute("DROP TABLE IF EXISTS _fi_val; DROP TABLE IF EXISTS _fi_sum")
     con.execute("INSERT INTO feed_items SELECT item, kind, source, customer_id, outcome, reason, ?, ? FROM _fi_items",
                 [run_id, when])
-    items = to_frame(con.execute("SELECT * FROM _fi_items"))
+    items = to_frame(con.sql("SELECT * FROM _fi_items"))
     con.execute("DROP TABLE IF EXISTS _fi_items")
     if items.empty:
         return pd.DataFrame(columns=cols).astype(object)

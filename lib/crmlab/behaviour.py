@@ -77,7 +77,7 @@ def features(
         union = " UNION ALL ".join(
             f"SELECT {i} AS c, CAST({c} AS VARCHAR) AS value, COUNT(*) AS n FROM {table} "
             f"WHERE {where} AND {c} IS NOT NULL GROUP BY value" for i, c in enumerate(share_cols))
-        tot = to_frame(con.execute(union, [as_of] * len(share_cols)))
+        tot = to_frame(con.sql(union, params=[as_of] * len(share_cols)))
         for i, col in enumerate(share_cols):
             t = tot[tot["c"] == i]
             if t["value"].nunique() < 2:
@@ -93,7 +93,7 @@ def features(
     share_sql = "".join(
         f", CASE WHEN n_{share_cols.index(c)} = 0 THEN 0.0 ELSE CAST(v_{j} AS DOUBLE) / n_{share_cols.index(c)} END AS f_{j}"
         for j, (c, _v) in enumerate(kept))
-    out = to_frame(con.execute(
+    out = to_frame(con.sql(
         f"""
         SELECT customer_id, CAST(orders AS DOUBLE) AS orders, spend / orders AS basket,
                CAST(date_diff('day', first_day, CAST(? AS DATE)) AS DOUBLE) AS tenure_days,
@@ -116,7 +116,7 @@ def features(
         ) USING (customer_id)
         ORDER BY customer_id
         """,
-        [as_of, as_of, *[v for _c, v in kept], as_of, as_of],
+        params=[as_of, as_of, *[v for _c, v in kept], as_of, as_of],
     ))
     out = out.rename(columns={f"f_{j}": f"{c}:{v}" for j, (c, v) in enumerate(kept)})
     out["customer_id"] = out["customer_id"].astype(str)

@@ -353,7 +353,7 @@ def summary(
     """
     # through Arrow: .df() builds a Python string per customer id (about 1 s of the
     # 2.5 s at 1.5 million customers); Arrow hands pandas its string array as is
-    out = con.execute(sql, [end, unit, end, unit]).to_arrow_table().to_pandas(date_as_object=False)
+    out = con.sql(sql, params=[end, unit, end, unit]).to_arrow_table().to_pandas(date_as_object=False)
     return _typed(out, SUMMARY_COLUMNS)
 
 
@@ -391,7 +391,7 @@ def calibration_holdout(
     # expressions of `summary` at `start`: a customer's first purchase, its day and value
     # are those of the calibration when it bought before `start`) and the holdout outcome
     cal = "day < $start"
-    out = con.execute(
+    out = con.sql(
         f"""
         WITH p AS ({_purchases_sql(table, merge_same_day, "$end")})
         SELECT customer_id,
@@ -406,7 +406,7 @@ def calibration_holdout(
                coalesce(AVG(value) FILTER (WHERE NOT {cal}), 0.0) AS monetary_holdout
         FROM p GROUP BY customer_id HAVING COUNT(*) FILTER (WHERE {cal}) > 0 ORDER BY customer_id
         """,
-        {"end": end, "start": start, "unit": unit},
+        params={"end": end, "start": start, "unit": unit},
     ).to_arrow_table().to_pandas(date_as_object=False)
     out = _typed(out, [*SUMMARY_COLUMNS, "frequency_holdout", "monetary_holdout"])
     out = out.rename(columns={c: f"{c}_cal" for c in ("frequency", "recency", "T", "monetary")})
@@ -936,14 +936,14 @@ def tracking(
     # one aggregation of the purchases, no self-join on the first purchase
     register_frame(con, "_clv_cohort", calhold[["customer_id"]])
     try:
-        weekly = to_frame(con.execute(
+        weekly = to_frame(con.sql(
             f"""
             WITH p AS ({_purchases_sql(table, merge_same_day)})
             SELECT CAST(floor(date_diff('day', CAST(? AS DATE), p.day) / ?) AS BIGINT) + 1 AS week, COUNT(*) AS n
             FROM p SEMI JOIN _clv_cohort c ON c.customer_id = p.customer_id
             GROUP BY 1
             """,
-            [end, pd.Timestamp(start).date(), step_days],
+            params=[end, pd.Timestamp(start).date(), step_days],
         ))
     finally:
         con.unregister("_clv_cohort")

@@ -217,7 +217,7 @@ def load_inbound(con: duckdb.DuckDBPyConnection, p: dict) -> tuple[pd.DataFrame,
         try:
             iid = "coalesce(s.interaction_id, s.source || ':' || left(s.sha256, 12) || ':' || CAST(s.row_number AS VARCHAR))"
             dup = con.execute(f"""SELECT count(*) FROM {staged} s WHERE {iid} IN (SELECT interaction_id FROM interactions)
-                                  OR {iid} IN (SELECT interaction_id FROM _col_new)""").fetchone()[0]
+                                  OR {iid} IN (SELECT interaction_id FROM _col_new)""").fetchall()[0][0]
             rejected += [{"source": name, "file": "", "reason": "déjà collecté"}] * int(dup)
             text = "s.text" if p["keep_text"] else "NULL"
             con.execute(f"""
@@ -257,7 +257,7 @@ def _scores_list_sql(score_types: tuple[str, ...]) -> str:
     """
     if score_types:
         items = ", ".join(f"struct_pack(score_type := {_lit(t)}, score := {SCORE_PREFIX}{t})" for t in score_types)
-        return f"CAST(list_filter([{items}], x -> x.score IS NOT NULL) AS {_SCORES_TYPE})"
+        return f"CAST(list_filter([{items}], lambda x: x.score IS NOT NULL) AS {_SCORES_TYPE})"
     return (f"CAST(CASE WHEN score IS NOT NULL THEN [struct_pack(score_type := lower(trim(score_type)), score := score)] "
             f"ELSE [] END AS {_SCORES_TYPE})")
 
@@ -399,7 +399,7 @@ def _cluster_unknown(con: duckdb.DuckDBPyConnection) -> None:
         WHERE n.email_strict IS NOT NULL OR n.phone_e164 IS NOT NULL
     """)
     try:
-        n = con.execute("SELECT count(*) FROM _col_unk").fetchone()[0]
+        n = con.execute("SELECT count(*) FROM _col_unk").fetchall()[0][0]
         edges = con.execute("""
             WITH k AS (
                 SELECT i, 'e:' || email_strict AS k FROM _col_unk WHERE email_strict IS NOT NULL
@@ -530,7 +530,7 @@ def collect_measures(con: duckdb.DuckDBPyConnection, rejected: pd.DataFrame | No
         ``new_prospects, matched`` (contacts matched to an existing customer or prospect),
         ``match_rate, data_items, rejected`` (rows of the source left out, any reason).
     """
-    m = to_frame(con.execute("""
+    m = to_frame(con.sql("""
         SELECT m.source, coalesce(m.operation, m.source) AS operation, m.channel, count(*) AS collected,
                count(DISTINCT m.customer_id) AS customers,
                count(DISTINCT m.customer_id) FILTER (WHERE m.rule = 'prospect') AS new_prospects,
@@ -560,7 +560,7 @@ def collect_totals(con: duckdb.DuckDBPyConnection) -> dict:
                count(DISTINCT customer_id), count(DISTINCT customer_id) FILTER (WHERE rule = 'prospect'),
                (SELECT count(*) FROM _col_items)
         FROM _col_matched
-    """).fetchone()
+    """).fetchall()[0]
     return dict(zip(["collected", "matched", "customers", "new_prospects", "data_items"], [int(v) for v in row], strict=True))
 
 
@@ -580,14 +580,14 @@ def measures_display(m: pd.DataFrame):
 
 def rules_table(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """Contacts per matching rule (French labels)."""
-    t = to_frame(con.execute("SELECT rule, count(*) AS contacts FROM _col_matched GROUP BY 1 ORDER BY 2 DESC"))
+    t = to_frame(con.sql("SELECT rule, count(*) AS contacts FROM _col_matched GROUP BY 1 ORDER BY 2 DESC"))
     t["rule"] = t["rule"].map(RULE_LABELS)
     return t.rename(columns={"rule": "Règle", "contacts": "Contacts"})
 
 
 def items_table(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """Count the data items brought per field and kind of change (French labels)."""
-    t = to_frame(con.execute("""SELECT field, change, count(*) AS items FROM _col_items GROUP BY ALL ORDER BY 1, 2"""))
+    t = to_frame(con.sql("""SELECT field, change, count(*) AS items FROM _col_items GROUP BY ALL ORDER BY 1, 2"""))
     if t.empty:
         return pd.DataFrame(columns=["Champ", "Nouveau", "Modifié"])
     w = t.pivot_table(index="field", columns="change", values="items", aggfunc="sum", fill_value=0).reset_index()
@@ -600,7 +600,7 @@ def items_table(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
 
 def consent_changes(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """Consent changes brought by this step's contacts, per channel."""
-    return to_frame(con.execute("""
+    return to_frame(con.sql("""
         SELECT consent_channel AS "Canal", count(*) FILTER (WHERE consent_opted_in) AS "Accords",
                count(*) FILTER (WHERE NOT consent_opted_in) AS "Refus"
         FROM _col_matched WHERE customer_id IS NOT NULL AND consent_channel IS NOT NULL AND consent_opted_in IS NOT NULL
@@ -665,19 +665,19 @@ def satisfaction(con: duckdb.DuckDBPyConnection, p: dict, by: str = "segment") -
         csat, csat_low, csat_high`` (CSAT = share of 4–5 on the 1–5 scale), ``csat_mean``;
         one row per group plus « Ensemble ».
     """
-    as_of = p.get("as_of") or con.execute("SELECT CAST(max(ts) AS DATE) + 1 FROM interactions").fetchone()[0]
-    snap = con.execute("SELECT max(as_of) FROM segments WHERE as_of <= CAST(? AS DATE)", [as_of]).fetchone()[0]
+    as_of = p.get("as_of") or con.execute("SELECT CAST(max(ts) AS DATE) + 1 FROM interactions").fetchall()[0][0]
+    snap = con.execute("SELECT max(as_of) FROM segments WHERE as_of <= CAST(? AS DATE)", [as_of]).fetchall()[0][0]
     group = {"segment": """CASE WHEN i.customer_id IS NULL THEN 'Anonymes' WHEN c.is_prospect THEN 'Prospects'
                                  ELSE coalesce(s.rfm_segment, 'Non segmentés') END""",
              "channel": "i.channel"}[by]
-    frame = to_frame(con.execute(f"""
+    frame = to_frame(con.sql(f"""
         SELECT {group} AS grp, sc.score_type, sc.score
         FROM interactions i JOIN {scores_sql()} sc ON sc.interaction_id = i.interaction_id
         LEFT JOIN customers c ON c.customer_id = i.customer_id
         LEFT JOIN segments s ON s.customer_id = i.customer_id AND s.as_of = ?
         WHERE sc.score_type IN ('nps', 'csat')
           AND i.ts < CAST(? AS DATE) AND i.ts >= CAST(? AS DATE) - to_days(CAST(? AS INTEGER))
-    """, [snap, as_of, as_of, p["survey_recent_days"]]))
+    """, params=[snap, as_of, as_of, p["survey_recent_days"]]))
     rows = []
     groups = [(g, f) for g, f in frame.groupby("grp", sort=True)] + [("Ensemble", frame)]
     for g, f in groups:

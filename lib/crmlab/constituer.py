@@ -235,14 +235,14 @@ def reject_examples(con: duckdb.DuckDBPyConnection, p: dict, per_reason: int = 2
     """
     from crmlab.display import mask_email, mask_phone
 
-    frame = to_frame(con.execute(
+    frame = to_frame(con.sql(
         """
         SELECT source, path, row_number, reason, column_name, value FROM (
             SELECT *, row_number() OVER (PARTITION BY source, reason ORDER BY path, row_number) AS k
             FROM rejects WHERE run_id = ? AND step = '01')
         WHERE k <= ? ORDER BY source, reason, row_number
         """,
-        [p["run_id"], per_reason],
+        params=[p["run_id"], per_reason],
     ))
     if frame.empty:
         from crmlab.display import HTMLBlock
@@ -273,9 +273,9 @@ def export_rejects(con: duckdb.DuckDBPyConnection, p: dict) -> str:
     The file holds the raw rows (with personal data) so that the data owner can fix them;
     it stays in the run folder, never in a report.
     """
-    frame = to_frame(con.execute(
+    frame = to_frame(con.sql(
         "SELECT source, path, row_number, reason, column_name, value, record FROM rejects "
-        "WHERE run_id = ? AND step = '01' ORDER BY source, path, row_number", [p["run_id"]],
+        "WHERE run_id = ? AND step = '01' ORDER BY source, path, row_number", params=[p["run_id"]],
     ))
     if frame.empty:
         return "Aucune ligne à corriger."
@@ -329,7 +329,7 @@ def add_key_only_records(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     con.execute(f"CREATE OR REPLACE TEMP TABLE _missing_keys AS SELECT u.* FROM ({union}) u "
                 "ANTI JOIN source_customers c ON c.source = u.source AND c.source_key = u.source_key")
     con.execute("INSERT INTO source_customers (source, source_key) SELECT source, source_key FROM _missing_keys")
-    return to_frame(con.execute("SELECT source, count(*) AS records FROM _missing_keys GROUP BY source ORDER BY source"))
+    return to_frame(con.sql("SELECT source, count(*) AS records FROM _missing_keys GROUP BY source ORDER BY source"))
 
 
 def build_customer_view(con: duckdb.DuckDBPyConnection, p: dict):
@@ -369,7 +369,7 @@ def build_customer_view(con: duckdb.DuckDBPyConnection, p: dict):
         "UPDATE customers SET is_prospect = customer_id NOT IN (SELECT DISTINCT customer_id FROM transactions WHERE customer_id IS NOT NULL)"
     )
     view.key_only = key_only
-    view.rule_counts = to_frame(con.execute(
+    view.rule_counts = to_frame(con.sql(
         "SELECT rule, count(*) AS records FROM customer_links GROUP BY rule ORDER BY records DESC, rule"
     ))
     view.rule_counts["rule"] = view.rule_counts["rule"].map(lambda r: RULE_LABELS.get(r, r))
@@ -481,7 +481,7 @@ def carry_over_ids(con: duckdb.DuckDBPyConnection, before: str = LINKS_BEFORE) -
           AND NOT EXISTS (SELECT 1 FROM _co_map m WHERE m.old_id = r.customer_id)
     """)
     recovered = 0
-    if con.execute("SELECT count(*) FROM _co_orphans").fetchone()[0]:
+    if con.execute("SELECT count(*) FROM _co_orphans").fetchall()[0][0]:
         from crmlab import identity
 
         # ids of this version and of the bases written before 2026-12 (10 hex digits)
@@ -493,7 +493,7 @@ def carry_over_ids(con: duckdb.DuckDBPyConnection, before: str = LINKS_BEFORE) -
             SELECT o.customer_id, min(l.customer_id), 0, 1
             FROM _co_orphans o JOIN ({ids}) l ON l.record_id = o.customer_id
             GROUP BY o.customer_id
-        """).fetchone()[0]
+        """).fetchall()[0][0]
     con.execute("DELETE FROM _co_map WHERE old_id = new_id AND NOT EXISTS "
                 "(SELECT 1 FROM _co_map m WHERE m.new_id = _co_map.new_id AND m.old_id <> m.new_id)")
     con.execute("""
@@ -502,7 +502,7 @@ def carry_over_ids(con: duckdb.DuckDBPyConnection, before: str = LINKS_BEFORE) -
         FROM _co_map
     """)
     rows, dropped = {}, {}
-    changed = con.execute("SELECT count(*) FROM _co_map WHERE old_id <> new_id").fetchone()[0]
+    changed = con.execute("SELECT count(*) FROM _co_map WHERE old_id <> new_id").fetchall()[0][0]
     if changed:
         for table, key, where in UNIQUE_PER_CUSTOMER:
             # one row per person and key: the losing duplicates go before re-keying
@@ -512,23 +512,23 @@ def carry_over_ids(con: duckdb.DuckDBPyConnection, before: str = LINKS_BEFORE) -
                     WHERE ({where}) AND (m.old_id IS NOT NULL OR t.customer_id IN (SELECT new_id FROM _co_map))
                     QUALIFY row_number() OVER (PARTITION BY t.{key}, coalesce(m.new_id, t.customer_id)
                                                ORDER BY coalesce(m.rank, 0), t.customer_id) > 1)
-            """).fetchone()[0]
+            """).fetchall()[0][0]
             if n:
                 dropped[f"{table} (doublons)"] = int(n)
         for table in CARRIED_TABLES:
             n = con.execute(f"""
                 UPDATE {table} SET customer_id = m.new_id FROM _co_map m
                 WHERE {table}.customer_id = m.old_id AND m.old_id <> m.new_id
-            """).fetchone()[0]
+            """).fetchall()[0][0]
             if n:
                 rows[table] = int(n)
-    n_links = con.execute("SELECT count(*) FROM customer_links").fetchone()[0]
+    n_links = con.execute("SELECT count(*) FROM customer_links").fetchall()[0][0]
     for table, s, k in KEY_REFERENCES:
         # A table smaller than the links is the build side of the join, so an UPDATE joined
         # on the keys writes its rows in scattered order (633 k campaign contacts: 20 s);
         # those go by rowid (0.7 s). A larger one is scanned in storage order and updated
         # faster directly (10 M purchases: 6.5 s, by rowid 12 s).
-        if con.execute(f"SELECT count(*) FROM {table}").fetchone()[0] < n_links:
+        if con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0] < n_links:
             db.update_by_rowid(con, table, "customer_id", f"""
                 SELECT t.rowid AS rid, l.customer_id AS value FROM {table} t
                 JOIN customer_links l ON l.source = t.{s} AND l.source_key = t.{k}
@@ -546,10 +546,10 @@ def carry_over_ids(con: duckdb.DuckDBPyConnection, before: str = LINKS_BEFORE) -
         ("segments", f"DELETE FROM segments WHERE {gone.format(t='segments')}"),
         ("campaign_contacts", f"DELETE FROM campaign_contacts WHERE customer_key IS NULL AND {gone.format(t='campaign_contacts')}"),
     ]:
-        n = con.execute(sql).fetchone()[0]
+        n = con.execute(sql).fetchall()[0][0]
         if n:
             dropped[table] = int(n)
-    mapping = to_frame(con.execute("SELECT old_id, new_id, records, targets, rank FROM _co_map WHERE old_id <> new_id "
+    mapping = to_frame(con.sql("SELECT old_id, new_id, records, targets, rank FROM _co_map WHERE old_id <> new_id "
                                    "ORDER BY old_id"))
     con.execute("DROP TABLE IF EXISTS _co_map; DROP TABLE IF EXISTS _co_orphans")
     return CarryOver(mapping=mapping, carried=len(mapping), splits=int((mapping["targets"] > 1).sum()),

@@ -241,11 +241,11 @@ def current_consents(con: duckdb.DuckDBPyConnection, customer_ids: pd.Series | N
         ``customer_id, channel, opted_in`` (bool).
     """
     if customer_ids is None:
-        return to_frame(con.execute(current_consents_sql() + " ORDER BY customer_id, channel"))
+        return to_frame(con.sql(current_consents_sql() + " ORDER BY customer_id, channel"))
     register_frame(con, "_consent_ids", pd.DataFrame({"customer_id": pd.Series(customer_ids, dtype=object).dropna()
                                                       .astype(str).drop_duplicates().to_numpy(dtype=object)}))
     try:
-        return to_frame(con.execute(current_consents_sql("customer_id IN (SELECT customer_id FROM _consent_ids)")
+        return to_frame(con.sql(current_consents_sql("customer_id IN (SELECT customer_id FROM _consent_ids)")
                            + " ORDER BY customer_id, channel"))
     finally:
         con.unregister("_consent_ids")

@@ -42,7 +42,7 @@ def current_consents(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     DataFrame
         ``customer_id, channel, opted_in, updated_at, source`` (one row per pair).
     """
-    return to_frame(con.execute(CURRENT_CONSENTS_SQL + " ORDER BY customer_id, channel"))
+    return to_frame(con.sql(CURRENT_CONSENTS_SQL + " ORDER BY customer_id, channel"))
 
 
 def current_consents_sql(table: str = "consents", where: str | None = None) -> str:
@@ -158,8 +158,8 @@ def apply_changes(con: duckdb.DuckDBPyConnection, changes: pd.DataFrame, *, run_
 def history(con: duckdb.DuckDBPyConnection, customer_id: str | None = None) -> pd.DataFrame:
     """Return the history rows (all, or one customer's), in the order they were applied."""
     if customer_id is None:
-        return to_frame(con.execute("SELECT * FROM contact_history ORDER BY seq"))
-    return to_frame(con.execute("SELECT * FROM contact_history WHERE customer_id = ? ORDER BY seq", [customer_id]))
+        return to_frame(con.sql("SELECT * FROM contact_history ORDER BY seq"))
+    return to_frame(con.sql("SELECT * FROM contact_history WHERE customer_id = ? ORDER BY seq", params=[customer_id]))
 
 
 def current_values(con: duckdb.DuckDBPyConnection, customer_ids: list[str] | None = None) -> pd.DataFrame:
@@ -180,10 +180,10 @@ def current_values(con: duckdb.DuckDBPyConnection, customer_ids: list[str] | Non
                  f"FROM ({current_consents_sql(where=only or None)})")
     sql = " UNION ALL ".join(parts)
     if customer_ids is None:
-        return to_frame(con.execute(f"SELECT * FROM ({sql}) ORDER BY customer_id, field"))
+        return to_frame(con.sql(f"SELECT * FROM ({sql}) ORDER BY customer_id, field"))
     register_frame(con, "_cv_ids", pd.DataFrame({"customer_id": list(customer_ids)}, dtype=object))
     try:
-        return to_frame(con.execute(f"SELECT * FROM ({sql}) ORDER BY customer_id, field"))
+        return to_frame(con.sql(f"SELECT * FROM ({sql}) ORDER BY customer_id, field"))
     finally:
         con.unregister("_cv_ids")
 
@@ -217,7 +217,7 @@ def record_as_of(con: duckdb.DuckDBPyConnection, as_of: str | dt.datetime | pd.T
     register_frame(con, "_rao_ids", ids)
     restrict = "" if customer_ids is None else "WHERE customer_id IN (SELECT customer_id FROM _rao_ids)"
     try:
-        out = to_frame(con.execute(f"""
+        out = to_frame(con.sql(f"""
             WITH h AS (SELECT * FROM contact_history {restrict}),
             hist AS (
                 SELECT customer_id, field,
@@ -234,7 +234,7 @@ def record_as_of(con: duckdb.DuckDBPyConnection, as_of: str | dt.datetime | pd.T
             FROM keys k
             LEFT JOIN hist USING (customer_id, field)
             LEFT JOIN _rao_cur c USING (customer_id, field)
-        """, [ts.to_pydatetime(), ts.to_pydatetime()]))
+        """, params=[ts.to_pydatetime(), ts.to_pydatetime()]))
     finally:
         con.unregister("_rao_cur")
         con.unregister("_rao_ids")

@@ -439,7 +439,7 @@ def _match_records(con: duckdb.DuckDBPyConnection, norm: str, max_shared: int) -
     the input form) are placeholders, not identities: they are ignored for matching
     (kept in the golden record if they survive).
     """
-    n = con.execute(f"SELECT count(*) FROM {norm}").fetchone()[0]
+    n = con.execute(f"SELECT count(*) FROM {norm}").fetchall()[0][0]
     bd_limit = 5 + 10 * n / 25567
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _id_rec AS
@@ -517,10 +517,10 @@ def _block_pairs(con: duckdb.DuckDBPyConnection, norm: str, max_block: int, wind
         SEMI JOIN (SELECT kind, h FROM _id_keysize WHERE n <= ?) s USING (kind, h)
     """, [max_block])
     names = " ".join(f"WHEN {b} THEN '{k}'" for k, b in bit.items())
-    skipped = to_frame(con.execute(
+    skipped = to_frame(con.sql(
         f"SELECT CASE kind {names} END AS kind, count(*) AS n_keys, max(n) AS max_records FROM _id_keysize "
         "WHERE n > ? GROUP BY 1 ORDER BY 1",
-        [max_block],
+        params=[max_block],
     ))
     spelled = ", ".join(f"CASE WHEN mask & {b} <> 0 THEN '{k}' END" for k, b in bit.items())
     con.execute(f"""
@@ -946,7 +946,7 @@ def evaluate(con_or_links: duckdb.DuckDBPyConnection | pd.DataFrame, truth_csv: 
     if isinstance(con_or_links, pd.DataFrame):
         links = con_or_links
     else:
-        links = to_frame(con_or_links.execute("SELECT source, source_key, customer_id FROM customer_links"))
+        links = to_frame(con_or_links.sql("SELECT source, source_key, customer_id FROM customer_links"))
     return _pairwise(links.astype({"source": str, "source_key": str}), _truth_frame(truth_csv))
 
 
@@ -961,7 +961,7 @@ def _customer_ids(con: duckdb.DuckDBPyConnection, norm: str, labels: np.ndarray)
         """)
     finally:
         con.unregister("_id_labels")
-    roots, ids = con.execute("SELECT count(DISTINCT root), count(DISTINCT customer_id) FROM _id_ids").fetchone()
+    roots, ids = con.execute("SELECT count(DISTINCT root), count(DISTINCT customer_id) FROM _id_ids").fetchall()[0]
     if roots != ids:
         raise CheckError(f"Deux clients différents ont reçu le même identifiant ({roots} groupes, {ids} identifiants) : "
                          "collision de l'empreinte md5, à signaler avec le fichier source.")
@@ -1052,7 +1052,7 @@ def link(
 
     norm = normalize_customers(con, table, default_region)
     lap("normalize")
-    n = con.execute(f"SELECT count(*) FROM {norm}").fetchone()[0]
+    n = con.execute(f"SELECT count(*) FROM {norm}").fetchall()[0][0]
 
     rec = _match_records(con, norm, max_shared)
     skipped = _block_pairs(con, rec, max_block)
@@ -1072,7 +1072,7 @@ def link(
         """)
     finally:
         con.unregister("_id_dec_in")
-    n_dec_known = con.execute("SELECT count(*) FROM _id_dec").fetchone()[0]
+    n_dec_known = con.execute("SELECT count(*) FROM _id_dec").fetchall()[0][0]
     con.execute("""
         INSERT INTO _id_cand
         SELECT rid_a, rid_b, 'decision' FROM _id_dec d
@@ -1095,10 +1095,10 @@ def link(
     # every edge accepted at the lowest threshold of the grid, read once: each threshold
     # keeps the exact-rule edges and the fuzzy ones scoring at least that threshold
     lowest = min([threshold, *threshold_grid])
-    all_edges = to_frame(con.execute("""
+    all_edges = to_frame(con.sql("""
         SELECT rid_a, rid_b, rule, score FROM identity_pairs
         WHERE rule IN ('decision', 'email', 'phone_name', 'name_birth') OR (rule = 'fuzzy' AND score >= ?)
-    """, [lowest]))
+    """, params=[lowest]))
     cannot = {(int(a), int(b)) for a, b in con.execute(
         "SELECT rid_a, rid_b FROM _id_dec WHERE decision = 'different'").fetchall()}
     # attributes for the guard: records of groups of 3+ at the lowest threshold (the only
@@ -1209,13 +1209,13 @@ def link(
             con.unregister(view)
 
     lap("tables")
-    clusters = to_frame(con.execute("SELECT customer_id, n_records, sources FROM customers ORDER BY customer_id"))
+    clusters = to_frame(con.sql("SELECT customer_id, n_records, sources FROM customers ORDER BY customer_id"))
     review = _review(con, norm, review_lo, review_hi, threshold)
     if review_out:
         out_path = Path(review_out)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         review.to_csv(out_path, sep=";", index=False, encoding="utf-8-sig")
-    examples = to_frame(con.execute(f"""
+    examples = to_frame(con.sql(f"""
         WITH m AS (
             SELECT customer_id FROM customers WHERE n_records > 1
             ORDER BY md5(customer_id) LIMIT ?
@@ -1225,9 +1225,9 @@ def link(
         FROM customer_links l JOIN m USING (customer_id)
         JOIN {norm} r ON r.source = l.source AND r.source_key = l.source_key
         ORDER BY l.customer_id, l.source, l.source_key
-    """, [n_examples]))
+    """, params=[n_examples]))
     low = min(review_lo, *grid)
-    pairs = to_frame(con.execute(f"""
+    pairs = to_frame(con.sql(f"""
         SELECT a.source AS source_a, a.source_key AS key_a, b.source AS source_b, b.source_key AS key_b,
                p.rule, p.score, p.weight,
                (p.rule IN ('decision', 'email', 'phone_name', 'name_birth')
@@ -1235,10 +1235,10 @@ def link(
         FROM identity_pairs p JOIN {norm} a ON a.rid = p.rid_a JOIN {norm} b ON b.rid = p.rid_b
         WHERE p.score >= ? OR p.rule NOT IN ('fuzzy') AND (p.weight > 0 OR p.decision IS NOT NULL)
         ORDER BY source_a, key_a, source_b, key_b
-    """, [threshold, low]))
+    """, params=[threshold, low]))
     register_frame(con, "_id_refused", refused.assign(i=np.arange(len(refused), dtype=np.int64)))
     try:
-        refusals = to_frame(con.execute(f"""
+        refusals = to_frame(con.sql(f"""
             SELECT a.source AS source_a, a.source_key AS key_a, b.source AS source_b, b.source_key AS key_b,
                    f.rule, f.score, f.reason
             FROM _id_refused f JOIN {norm} a ON a.rid = f.rid_a JOIN {norm} b ON b.rid = f.rid_b
@@ -1251,7 +1251,7 @@ def link(
         "customers": int(len(clusters)),
         "customers_multi": int((clusters["n_records"] > 1).sum()),
         "records_merged": int(n - len(clusters)),
-        "candidate_pairs": int(con.execute("SELECT count(*) FROM identity_pairs").fetchone()[0]),
+        "candidate_pairs": int(con.execute("SELECT count(*) FROM identity_pairs").fetchall()[0][0]),
         "pairs_accepted": int(len(edges)),
         "pairs_review": int(len(review)),
         "guard_refusals": int(len(refusals)),
@@ -1275,7 +1275,7 @@ def _review(con: duckdb.DuckDBPyConnection, norm: str, lo: float, hi: float, thr
     """Uncertain pairs with both records' fields (PII) and an empty ``decision`` column."""
     side = ("first_name", "last_name", "email", "phone", "address", "postal_code", "city", "birth_date")
     cols = ", ".join(f"a.{c} AS {c}_a, b.{c} AS {c}_b" for c in side)
-    return to_frame(con.execute(f"""
+    return to_frame(con.sql(f"""
         SELECT a.source AS source_a, a.source_key AS key_a, b.source AS source_b, b.source_key AS key_b,
                round(p.score, 4) AS score,
                CASE WHEN p.score >= ? THEN 'fusionné' ELSE 'non fusionné' END AS proposition,
@@ -1284,7 +1284,7 @@ def _review(con: duckdb.DuckDBPyConnection, norm: str, lo: float, hi: float, thr
         JOIN {norm} a ON a.rid = p.rid_a JOIN {norm} b ON b.rid = p.rid_b
         WHERE p.rule = 'fuzzy' AND p.score >= ? AND p.score < ? AND p.decision IS NULL
         ORDER BY p.score DESC, source_a, key_a, source_b, key_b
-    """, [threshold, lo, hi]))
+    """, params=[threshold, lo, hi]))
 
 
 # --------------------------------------------------------------------------------------

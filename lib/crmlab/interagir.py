@@ -91,7 +91,7 @@ def resolve_as_of(con: duckdb.DuckDBPyConnection, p: dict) -> str:
     """``p["as_of"]`` or the day after the last transaction (also stored in ``p``)."""
     if p.get("as_of"):
         return str(p["as_of"])
-    last = con.execute("SELECT max(ts) FROM transactions").fetchone()[0]
+    last = con.execute("SELECT max(ts) FROM transactions").fetchall()[0][0]
     if last is None:
         raise InputError("La table des transactions est vide", hint="Lancez d'abord l'étape 01 (constituer)")
     p["as_of"] = (pd.Timestamp(last).normalize() + pd.Timedelta(days=1)).date().isoformat()
@@ -134,7 +134,7 @@ def campaign_responses(con: duckdb.DuckDBPyConnection, p: dict) -> pd.DataFrame:
     """
     as_of = resolve_as_of(con, p)
     window = int(p["response_window_days"])
-    frame = to_frame(con.execute("""
+    frame = to_frame(con.sql("""
         WITH c AS (
             SELECT campaign_id, lower(channel) AS channel, CAST(start_date AS DATE) AS start_date
             FROM campaigns
@@ -156,7 +156,7 @@ def campaign_responses(con: duckdb.DuckDBPyConnection, p: dict) -> pd.DataFrame:
          AND t.ts >= k.t0 AND t.ts < k.t0 + to_days(CAST(? AS INTEGER))
         GROUP BY ALL
         ORDER BY k.campaign_id, k.customer_id
-    """, [window, as_of, window]))
+    """, params=[window, as_of, window]))
     if frame.empty:
         return frame.assign(segment=pd.Series(dtype=object))
     keys = frame[["start_date", "customer_id"]].rename(columns={"start_date": "as_of"})
@@ -322,12 +322,12 @@ def planned_targets(con: duckdb.DuckDBPyConnection, as_of: str | None = None) ->
         ``campaign_id, name, target, segment, offer, start_date`` of the campaigns with
         status ``planned`` written by step 02 (source ``segmenter``).
     """
-    return to_frame(con.execute("""
+    return to_frame(con.sql("""
         WITH t AS (SELECT * FROM campaigns WHERE status = 'planned' AND source = 'segmenter'
                    AND (CAST(? AS DATE) IS NULL OR start_date <= CAST(? AS DATE)))
         SELECT campaign_id, name, target, segment, offer, CAST(start_date AS VARCHAR) AS start_date
         FROM t WHERE start_date = (SELECT max(start_date) FROM t) ORDER BY campaign_id
-    """, [as_of, as_of]))
+    """, params=[as_of, as_of]))
 
 
 def plan_members(con: duckdb.DuckDBPyConnection, p: dict, targets: pd.DataFrame, region: str = "FR") -> pd.DataFrame:
@@ -350,7 +350,7 @@ def plan_members(con: duckdb.DuckDBPyConnection, p: dict, targets: pd.DataFrame,
     register_frame(con, "_plan_ids", targets[["campaign_id"]].astype(str))
     try:
         # contact fields of the members, read once; reachability per row, then per customer (any row)
-        cust = to_frame(con.execute("""
+        cust = to_frame(con.sql("""
             SELECT customer_id, email, phone, address, postal_code, city FROM customers
             WHERE customer_id IN (SELECT cc.customer_id FROM campaign_contacts cc JOIN _plan_ids USING (campaign_id))
         """))
@@ -358,14 +358,14 @@ def plan_members(con: duckdb.DuckDBPyConnection, p: dict, targets: pd.DataFrame,
         reach = pd.DataFrame({"customer_id": cust["customer_id"].to_numpy(dtype=object),
                               **{f"r{i}": flags[ch].to_numpy() for i, ch in enumerate(channels)}})
         register_frame(con, "_plan_reach", reach)
-        snap = con.execute("SELECT max(as_of) FROM segments WHERE as_of <= CAST(? AS DATE)", [as_of]).fetchone()[0]
+        snap = con.execute("SELECT max(as_of) FROM segments WHERE as_of <= CAST(? AS DATE)", [as_of]).fetchall()[0][0]
         n = len(channels)  # parameters: $1..$n channels, then the label without segment and the snapshot date
         seg_cols = f"coalesce(s.rfm_segment, ${n + 1}) AS segment, s.clv, s.p_alive" if snap is not None else ""
         seg_join = f"LEFT JOIN segments s ON s.as_of = ${n + 2} AND s.customer_id = m.customer_id" if snap is not None else ""
         flags = ", ".join(f"bool_or(channel = ${i + 1} AND opted_in) AS c{i}" for i in range(n))
         reached = ", ".join(f"bool_or(r{i}) AS r{i}" for i in range(n))
         ok = ", ".join(f"coalesce(r.r{i} AND c.c{i}, false) AS \"ok_{i}\"" for i in range(n))
-        out = to_frame(con.execute(f"""
+        out = to_frame(con.sql(f"""
             WITH m AS (
                 SELECT cc.campaign_id, cc.customer_id, any_value(cc.grp) AS grp
                 FROM campaign_contacts cc JOIN _plan_ids USING (campaign_id)
@@ -382,7 +382,7 @@ def plan_members(con: duckdb.DuckDBPyConnection, p: dict, targets: pd.DataFrame,
             LEFT JOIN c ON c.customer_id = m.customer_id
             LEFT JOIN r ON r.customer_id = m.customer_id
             ORDER BY m.campaign_id, m.customer_id
-        """, [*channels, *([NO_SEGMENT, snap] if snap is not None else [])]))
+        """, params=[*channels, *([NO_SEGMENT, snap] if snap is not None else [])]))
     finally:
         con.unregister("_plan_ids")
         con.unregister("_plan_reach")
@@ -635,11 +635,11 @@ def export_plan(con: duckdb.DuckDBPyConnection, contacts: pd.DataFrame, p: dict,
     treated = contacts.loc[contacts["grp"] == "treatment", ["customer_id", "channel"]].astype(object).drop_duplicates()
     register_frame(con, "_exp_pairs", treated)
     try:
-        cust = to_frame(con.execute("""SELECT customer_id, first_name, last_name, email, phone, address, postal_code, city
+        cust = to_frame(con.sql("""SELECT customer_id, first_name, last_name, email, phone, address, postal_code, city
                               FROM customers WHERE customer_id IN (SELECT customer_id FROM _exp_pairs)"""))
         # the export keeps a treated contact whose current consent to the file's channel is an opt-in: the rows of
         # exports.current_consents(con, treated) with such a pair and opted_in true (the other rows are never read)
-        consents = to_frame(con.execute(f"""SELECT * FROM ({exports.current_consents_sql(pairs="SELECT customer_id, channel FROM _exp_pairs")})
+        consents = to_frame(con.sql(f"""SELECT * FROM ({exports.current_consents_sql(pairs="SELECT customer_id, channel FROM _exp_pairs")})
                                    WHERE opted_in ORDER BY customer_id, channel"""))
     finally:
         con.unregister("_exp_pairs")
@@ -718,7 +718,7 @@ def alerts(con: duckdb.DuckDBPyConnection, p: dict) -> pd.DataFrame:
         "SELECT DISTINCT as_of FROM segments WHERE as_of <= CAST(? AS DATE) ORDER BY as_of DESC LIMIT 2", [as_of]).fetchall()]
     parts = []
     if len(snaps) == 2:
-        parts.append(to_frame(con.execute("""
+        parts.append(to_frame(con.sql("""
             WITH now_ AS (SELECT * FROM segments WHERE as_of = ?), prev AS (SELECT * FROM segments WHERE as_of = ?),
                  q AS (SELECT quantile_cont(clv, ?) AS v FROM now_ WHERE clv IS NOT NULL)
             SELECT n.customer_id, 'valeur' AS rule,
@@ -728,8 +728,8 @@ def alerts(con: duckdb.DuckDBPyConnection, p: dict) -> pd.DataFrame:
                    n.clv, 1 AS priority, CAST(n.as_of AS TIMESTAMP) AS ts
             FROM now_ n JOIN prev p USING (customer_id), q
             WHERE n.clv >= q.v AND p.p_alive - n.p_alive >= ?
-        """, [snaps[0], snaps[1], p["alert_clv_quantile"], p["alert_p_alive_drop"]])))
-    parts.append(to_frame(con.execute(f"""
+        """, params=[snaps[0], snaps[1], p["alert_clv_quantile"], p["alert_p_alive_drop"]])))
+    parts.append(to_frame(con.sql(f"""
         SELECT i.customer_id, 'detracteur' AS rule,
                'Note NPS ' || CAST(CAST(min(s.score) AS BIGINT) AS VARCHAR) || '/10 le ' || strftime(max(i.ts), '%d/%m/%Y') AS reason,
                'Rappeler sous 48 h pour comprendre et réparer l''insatisfaction' AS action,
@@ -738,8 +738,8 @@ def alerts(con: duckdb.DuckDBPyConnection, p: dict) -> pd.DataFrame:
         WHERE i.customer_id IS NOT NULL AND s.score_type = 'nps' AND s.score <= ?
           AND i.ts >= CAST(? AS DATE) - to_days(CAST(? AS INTEGER)) AND i.ts < CAST(? AS DATE)
         GROUP BY i.customer_id
-    """, [p["alert_detractor_max"], as_of, p["alert_survey_days"], as_of])))
-    parts.append(to_frame(con.execute("""
+    """, params=[p["alert_detractor_max"], as_of, p["alert_survey_days"], as_of])))
+    parts.append(to_frame(con.sql("""
         SELECT i.customer_id, 'ticket' AS rule,
                count(*) || ' ticket(s) SAV ouvert(s), le plus ancien du ' || strftime(min(i.ts), '%d/%m/%Y') AS reason,
                'Relancer le service après-vente et tenir le client informé' AS action,
@@ -748,15 +748,15 @@ def alerts(con: duckdb.DuckDBPyConnection, p: dict) -> pd.DataFrame:
         WHERE i.customer_id IS NOT NULL AND lower(trim(i.status)) IN ('open', 'ouvert', 'en cours', 'nouveau', 'opened')
           AND i.ts < CAST(? AS DATE)
         GROUP BY i.customer_id
-    """, [as_of])))
+    """, params=[as_of])))
     cols = ["customer_id", "rule", "reason", "action", "clv", "priority", "ts"]
     frame = pd.concat([x[cols] for x in parts if len(x)], ignore_index=True) if any(len(x) for x in parts) else pd.DataFrame(columns=cols)
     if snaps:
-        clv = to_frame(con.execute("SELECT customer_id, clv AS clv_now FROM segments WHERE as_of = ?", [snaps[0]]))
+        clv = to_frame(con.sql("SELECT customer_id, clv AS clv_now FROM segments WHERE as_of = ?", params=[snaps[0]]))
         frame = frame.merge(clv, on="customer_id", how="left")
         frame["clv"] = frame["clv"].fillna(frame["clv_now"])
         frame = frame.drop(columns="clv_now")
-    cust = to_frame(con.execute("SELECT customer_id, first_name, last_name, email, phone FROM customers"))
+    cust = to_frame(con.sql("SELECT customer_id, first_name, last_name, email, phone FROM customers"))
     frame = frame.merge(cust, on="customer_id", how="left")
     frame = frame.sort_values(["priority", "clv", "customer_id"], ascending=[True, False, True], na_position="last", kind="stable")
     return frame[["customer_id", "first_name", "last_name", "email", "phone", "rule", "reason", "action", "clv", "priority", "ts"]].reset_index(drop=True)
@@ -796,10 +796,10 @@ def alert_findings(frame: pd.DataFrame, con: duckdb.DuckDBPyConnection) -> list[
     counts = frame["rule"].value_counts()
     for rule, label in ALERT_LABELS.items():
         out.append(f"{label} : {fr_number(int(counts.get(rule, 0)))} client(s).")
-    n_snap = con.execute("SELECT count(DISTINCT as_of) FROM segments").fetchone()[0]
+    n_snap = con.execute("SELECT count(DISTINCT as_of) FROM segments").fetchall()[0][0]
     if n_snap < 2:
         out.append("Un seul instantané de segments : la baisse de probabilité d'activité se mesurera à la prochaine exécution.")
-    if con.execute("SELECT count(*) FROM interactions").fetchone()[0] == 0:
+    if con.execute("SELECT count(*) FROM interactions").fetchall()[0][0] == 0:
         out.append("Aucun contact entrant encore collecté (étape 04) : détracteurs et tickets ouverts apparaîtront ensuite.")
     return out
 
@@ -893,7 +893,7 @@ def check_output(con: duckdb.DuckDBPyConnection, p: dict, files: pd.DataFrame) -
     in_files = in_files.merge(files[["file", "channel"]].astype(object), on="file", how="left")
     register_frame(con, "_chk_files", in_files)
     try:
-        counts = to_frame(con.execute(f"""
+        counts = to_frame(con.sql(f"""
             WITH f AS (SELECT DISTINCT file, channel, customer_id FROM _chk_files),
             ctrl AS (SELECT DISTINCT cc.customer_id FROM campaign_contacts cc JOIN ({mine}) c USING (campaign_id)
                      WHERE cc.grp = 'control'),

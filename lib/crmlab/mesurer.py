@@ -122,7 +122,7 @@ def campaign_responses(con: duckdb.DuckDBPyConnection, *, window_days: int = 30,
         data_end = con.execute("SELECT max(ts) FROM transactions").fetchall()[0][0]
     if data_end is None:
         return pd.DataFrame(columns=["campaign_id", "customer_id", "grp", "responded", "revenue"])
-    return to_frame(con.execute("""
+    return to_frame(con.sql("""
         WITH c AS (
             SELECT campaign_id, CAST(start_date AS DATE) AS start_date, CAST(end_date AS DATE) AS end_date
             FROM campaigns
@@ -143,7 +143,7 @@ def campaign_responses(con: duckdb.DuckDBPyConnection, *, window_days: int = 30,
           ON t.customer_id = k2.customer_id AND t.amount > 0 AND t.ts >= k2.t0 AND t.ts < k2.t1
         GROUP BY ALL
         ORDER BY k2.campaign_id, k2.customer_id
-    """, [bool(include_planned), int(window_days), pd.Timestamp(data_end).to_pydatetime()]))
+    """, params=[bool(include_planned), int(window_days), pd.Timestamp(data_end).to_pydatetime()]))
 
 
 RESULT_COLUMNS = ["campaign_id", "name", "channel", "segment", "start_date", "n_treated", "n_control",
@@ -215,7 +215,7 @@ def write_campaign_results(con: duckdb.DuckDBPyConnection, results: pd.DataFrame
 
 def campaigns_frame(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """Read the ``campaigns`` table (campaign_id, name, channel, segment, start_date, cost_per_contact, status)."""
-    return to_frame(con.execute("SELECT campaign_id, name, channel, segment, start_date, cost_per_contact, status FROM campaigns "
+    return to_frame(con.sql("SELECT campaign_id, name, channel, segment, start_date, cost_per_contact, status FROM campaigns "
                                 "ORDER BY start_date, campaign_id"))
 
 
@@ -320,7 +320,7 @@ def segment_sizes(con: duckdb.DuckDBPyConnection, revenue_months: int = 12) -> p
     DataFrame
         ``as_of, segment, customers, revenue, clv, customer_share, revenue_share``.
     """
-    out = to_frame(con.execute("""
+    out = to_frame(con.sql("""
         WITH s AS (SELECT as_of, customer_id, rfm_segment AS segment, clv FROM segments),
         rev AS (
             SELECT s.as_of, s.customer_id, sum(t.amount) AS revenue
@@ -332,7 +332,7 @@ def segment_sizes(con: duckdb.DuckDBPyConnection, revenue_months: int = 12) -> p
                coalesce(sum(rev.revenue), 0) AS revenue, avg(s.clv) AS clv
         FROM s LEFT JOIN rev USING (as_of, customer_id)
         GROUP BY ALL ORDER BY as_of, customers DESC, segment
-    """, [int(revenue_months)]))
+    """, params=[int(revenue_months)]))
     if out.empty:
         return out.assign(customer_share=pd.Series(dtype=float), revenue_share=pd.Series(dtype=float))
     out["customer_share"] = out["customers"] / out.groupby("as_of")["customers"].transform("sum")
@@ -384,12 +384,12 @@ def segment_evolution(con: duckdb.DuckDBPyConnection, p: dict) -> dict:
            "moved_share": math.nan, "source": "none"}
     if not dates:
         return out
-    after = to_frame(con.execute("SELECT customer_id, rfm_segment AS segment FROM segments WHERE as_of = CAST(? AS DATE)",
-                        [dates[-1]]))
+    after = to_frame(con.sql("SELECT customer_id, rfm_segment AS segment FROM segments WHERE as_of = CAST(? AS DATE)",
+                        params=[dates[-1]]))
     order = list(sizes[sizes["as_of"] == dates[-1]].sort_values("revenue", ascending=False)["segment"])
     if len(dates) >= 2:
-        before = to_frame(con.execute("SELECT customer_id, rfm_segment AS segment FROM segments WHERE as_of = CAST(? AS DATE)",
-                             [dates[-2]]))
+        before = to_frame(con.sql("SELECT customer_id, rfm_segment AS segment FROM segments WHERE as_of = CAST(? AS DATE)",
+                             params=[dates[-2]]))
         out.update(date_before=dates[-2], source="snapshots")
     else:
         scheme = _segment_scheme(set(after["segment"].dropna().unique()))
@@ -483,7 +483,7 @@ def collect_measures(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
         ``operation, channel, collected, customers, prospects, data_items`` (contact fields
         and consents brought).
     """
-    return to_frame(con.execute("""
+    return to_frame(con.sql("""
         SELECT coalesce(i.operation, '(sans opération)') AS operation, i.channel, count(*) AS collected,
                count(DISTINCT i.customer_id) AS customers,
                count(DISTINCT i.customer_id) FILTER (WHERE c.is_prospect) AS prospects,
@@ -525,8 +525,8 @@ def alimenter_measures(con: duckdb.DuckDBPyConnection, run_id: str | None = None
     rid = run_id or _latest_run(con, "05")
     if rid is None:
         return pd.DataFrame(columns=["field", "channel", "share"])
-    k = to_frame(con.execute("SELECT dimension, value FROM kpis WHERE step = '05' AND run_id = ? AND kpi = 'rempli par canal' "
-                             "ORDER BY dimension", [rid]))
+    k = to_frame(con.sql("SELECT dimension, value FROM kpis WHERE step = '05' AND run_id = ? AND kpi = 'rempli par canal' "
+                             "ORDER BY dimension", params=[rid]))
     parts = k["dimension"].str.split("|", n=1, expand=True) if len(k) else pd.DataFrame(columns=[0, 1])
     return pd.DataFrame({"field": parts[0] if len(k) else [], "channel": parts[1] if len(k) else [], "share": k["value"]})
 
@@ -560,7 +560,7 @@ def kpi_history(con: duckdb.DuckDBPyConnection, n_runs: int = 5) -> pd.DataFrame
         An NPS stored by earlier versions as a share difference (unit ``score``, −1..1) is
         converted to points (unit :data:`crmlab.collecter.NPS_UNIT`, −100..+100), so runs compare.
     """
-    return to_frame(con.execute(f"""
+    return to_frame(con.sql(f"""
         WITH r AS (SELECT step, run_id, max(recorded_at) AS t FROM kpis GROUP BY 1, 2),
         rr AS (SELECT *, row_number() OVER (PARTITION BY step ORDER BY t DESC, run_id DESC) AS rank FROM r)
         SELECT k.step, k.run_id, k.kpi,
@@ -570,7 +570,7 @@ def kpi_history(con: duckdb.DuckDBPyConnection, n_runs: int = 5) -> pd.DataFrame
         FROM kpis k JOIN rr USING (step, run_id)
         WHERE coalesce(k.dimension, '') = '' AND rr.rank <= ?
         ORDER BY k.step, rr.rank, k.kpi
-    """, [int(n_runs)]))
+    """, params=[int(n_runs)]))
 
 
 def _headline(step: str) -> list[str] | None:
@@ -753,17 +753,17 @@ def alerts_context(con: duckdb.DuckDBPyConnection) -> dict | None:
     if rid is None:
         return None
     row = con.execute("""SELECT value, recorded_at, as_of FROM kpis WHERE step = '03' AND run_id = ?
-                         AND kpi = 'alertes clients' AND coalesce(dimension, '') = ''""", [rid]).fetchone()
-    if row is None:
+                         AND kpi = 'alertes clients' AND coalesce(dimension, '') = ''""", [rid]).fetchall()
+    if not row:
         return None
-    value, at, as_of = row
+    value, at, as_of = row[0]
     before, after = con.execute("""
         SELECT count(*) FILTER (WHERE NOT coalesce(g.after, false)), count(*) FILTER (WHERE g.after)
         FROM interactions i LEFT JOIN (
             SELECT sha256, source, bool_or((run_id = ? AND step = '04') OR loaded_at > ?) AS after
             FROM ingestions GROUP BY ALL) g ON g.sha256 = i.sha256 AND g.source = i.source
-    """, [rid, at]).fetchone()
-    snaps = con.execute("SELECT count(DISTINCT as_of) FROM segments WHERE ? IS NULL OR as_of <= ?", [as_of, as_of]).fetchone()[0]
+    """, [rid, at]).fetchall()[0]
+    snaps = con.execute("SELECT count(DISTINCT as_of) FROM segments WHERE ? IS NULL OR as_of <= ?", [as_of, as_of]).fetchall()[0][0]
     return {"alerts": int(value) if value == value else 0, "contacts_before": int(before), "contacts_after": int(after),
             "snapshots": int(snaps)}
 
@@ -904,8 +904,8 @@ def step_kpis(con: duckdb.DuckDBPyConnection, step: str, kpi: str, run_id: str |
     rid = run_id or _latest_run(con, step)
     if rid is None:
         return pd.DataFrame(columns=["dimension", "value", "unit"])
-    return to_frame(con.execute("SELECT dimension, value, unit FROM kpis WHERE step = ? AND run_id = ? AND kpi = ? "
-                                "ORDER BY dimension", [step, rid, kpi]))
+    return to_frame(con.sql("SELECT dimension, value, unit FROM kpis WHERE step = ? AND run_id = ? AND kpi = ? "
+                                "ORDER BY dimension", params=[step, rid, kpi]))
 
 
 def organiser_measures(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:

@@ -392,7 +392,7 @@ def phone_fast_e164(values: pd.Series, countries: pd.Series | None = None, regio
 
 def _map_distinct(con: duckdb.DuckDBPyConnection, sql: str, func, name_: str) -> str:
     """Apply ``func(raw[, extra])`` once per distinct row of ``sql`` (columns raw[, extra]); register the result."""
-    frame = to_frame(con.execute(sql))
+    frame = to_frame(con.sql(sql))
     if frame.shape[1] == 1:
         frame.columns = ["raw"]
         frame["norm"] = [func(v) for v in frame.iloc[:, 0].tolist()]
@@ -464,7 +464,7 @@ def normalize_customers(
         _map_distinct(con, "SELECT DISTINCT first_name FROM _nc_raw WHERE first_name IS NOT NULL "
                       "UNION SELECT DISTINCT last_name FROM _nc_raw WHERE last_name IS NOT NULL",
                       lambda v: (name(v)), "_nc_names")
-        names = to_frame(con.execute("SELECT * FROM _nc_names"))
+        names = to_frame(con.sql("SELECT * FROM _nc_names"))
         names.columns = ["raw", "norm"]
         names["phon"] = [phonetic(v) for v in names["norm"].tolist()]
         names["phon"] = names["phon"].astype(object)
@@ -509,7 +509,7 @@ def normalize_customers(
             con.execute("CREATE OR REPLACE TEMP TABLE _nc_phone_fast AS "
                         "SELECT NULL::VARCHAR AS raw, NULL::VARCHAR AS country, NULL::VARCHAR AS e164, "
                         "NULL::BOOLEAN AS mobile WHERE FALSE")
-        phones = to_frame(con.execute(
+        phones = to_frame(con.sql(
             "SELECT DISTINCT phone AS raw, country FROM _nc_raw r WHERE phone IS NOT NULL AND NOT EXISTS "
             "(SELECT 1 FROM _nc_phone_fast f WHERE f.raw = r.phone AND f.country IS NOT DISTINCT FROM r.country)"))
         parsed = [
@@ -616,7 +616,7 @@ def address_sql(x: str) -> str:
     suffix = f"regexp_replace({suffix}, '\\b([0-9]+) ?b\\b', '\\1 bis', 'g')"
     cases = " ".join(f"WHEN {_sql_lit(k)} THEN {_sql_lit(v)}" for k, v in ADDRESS_ABBREVIATIONS.items())
     return (f"nullif(array_to_string(list_transform(string_split({suffix}, ' '), "
-            f"w -> CASE w {cases} ELSE w END), ' '), '')")
+            f"lambda w: CASE w {cases} ELSE w END), ' '), '')")
 
 
 def _map_distinct_sql(con: duckdb.DuckDBPyConnection, column: str, exprs: dict[str, str], funcs: dict, name_: str,

@@ -203,7 +203,7 @@ def audit_customers(con: duckdb.DuckDBPyConnection, *, region: str = "FR",
     cols = ["customer_id", "field", "value", "reason"]
     found = []
     for f in sorted(fields):  # sorted by field, then customer, as before
-        distinct = to_frame(con.execute(f"SELECT DISTINCT CAST({f} AS VARCHAR) AS value, country FROM customers "
+        distinct = to_frame(con.sql(f"SELECT DISTINCT CAST({f} AS VARCHAR) AS value, country FROM customers "
                                         f"WHERE {f} IS NOT NULL"))
         if distinct.empty:
             continue
@@ -213,7 +213,7 @@ def audit_customers(con: duckdb.DuckDBPyConnection, *, region: str = "FR",
             continue
         register_frame(con, "_audit_bad", bad)
         try:
-            found.append(to_frame(con.execute(f"""
+            found.append(to_frame(con.sql(f"""
                 SELECT c.customer_id, '{f}' AS field, b.value, b.reason
                 FROM customers c JOIN _audit_bad b
                   ON CAST(c.{f} AS VARCHAR) = b.value AND c.country IS NOT DISTINCT FROM b.country
@@ -268,7 +268,7 @@ def last_confirmed(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
         ``customer_id, is_prospect, email, phone, last_confirmed`` (timestamp, NaT when
         never dated), one row per customer.
     """
-    return to_frame(con.execute("""
+    return to_frame(con.sql("""
         WITH ev AS (
             SELECT l.customer_id, coalesce(s.updated_at, s.created_at) AS ts
             FROM customer_links l JOIN source_customers s ON s.source = l.source AND s.source_key = l.source_key

@@ -388,7 +388,7 @@ def compute_rfm(
     monetary = "total_spend" if monetary_basis == "total" else f"total_spend / GREATEST({freq}, 1)"
     start = window_start(as_of, revenue_months)
     sql = _RFM_SQL.replace("{freq}", freq).replace("{monetary}", monetary)
-    return to_frame(con.execute(sql, [as_of, start, as_of, bins, bins, bins]))
+    return to_frame(con.sql(sql, params=[as_of, start, as_of, bins, bins, bins]))
 
 
 # Recency and frequency of every customer at several dates in one pass over the
@@ -557,7 +557,7 @@ def rf_grid_at(con: duckdb.DuckDBPyConnection, dates: Sequence, *, bins: int = 5
         register_frame(con, "_rf_keys", keys)
     register_frame(con, "_rf_dates", pd.DataFrame({"as_of": days}, dtype=object))
     try:
-        return to_frame(con.execute(sql))
+        return to_frame(con.sql(sql))
     finally:
         con.unregister("_rf_dates")
         if keys is not None:

@@ -167,7 +167,7 @@ def resolve_as_of(con: duckdb.DuckDBPyConnection, as_of: str | None) -> str:
     """``as_of`` or, when empty, the day after the last transaction."""
     if as_of:
         return str(as_of)
-    last = con.execute("SELECT MAX(ts) FROM transactions").fetchone()[0]
+    last = con.execute("SELECT MAX(ts) FROM transactions").fetchall()[0][0]
     if last is None:
         raise InputError("La table des transactions est vide : rien à segmenter",
                          hint="Lancez d'abord l'étape 01 (constituer) sur vos fichiers de ventes")
@@ -413,7 +413,7 @@ def migration(con: duckdb.DuckDBPyConnection, p: dict, customers: pd.DataFrame,
     register_frame(con, "_mig_a", pd.DataFrame({"i": np.arange(len(a)), "customer_id": a["customer_id"].reset_index(drop=True)}))
     register_frame(con, "_mig_b", b)
     try:
-        joined = to_frame(con.execute("""
+        joined = to_frame(con.sql("""
             SELECT b.segment AS before, coalesce(r.revenue_before, 0.0) AS revenue_before,
                    coalesce(r.revenue_after, 0.0) AS revenue_after
             FROM _mig_a a LEFT JOIN _mig_b b ON b.customer_id = a.customer_id
@@ -424,7 +424,7 @@ def migration(con: duckdb.DuckDBPyConnection, p: dict, customers: pd.DataFrame,
                 FROM transactions WHERE customer_id IS NOT NULL AND ts >= CAST(? AS DATE) AND ts < CAST(? AS DATE)
                 GROUP BY customer_id
             ) r ON r.customer_id = a.customer_id
-            ORDER BY a.i""", [t_start, t0, t0, p["as_of"], t_start, p["as_of"]]))
+            ORDER BY a.i""", params=[t_start, t0, t0, p["as_of"], t_start, p["as_of"]]))
     finally:
         con.unregister("_mig_a")
         con.unregister("_mig_b")
@@ -580,7 +580,7 @@ def write_kpis(con: duckdb.DuckDBPyConnection, kpis: pd.DataFrame, *, run_id: st
     DataFrame
         Every KPI written (``kpi, dimension, value, unit``).
     """
-    earlier = to_frame(con.execute("SELECT kpi, dimension, value, unit FROM kpis WHERE run_id = ? AND step = '02'", [run_id]))
+    earlier = to_frame(con.sql("SELECT kpi, dimension, value, unit FROM kpis WHERE run_id = ? AND step = '02'", params=[run_id]))
     keys = set(zip(kpis["kpi"], kpis["dimension"], strict=True))
     keep = earlier[[(k, d) not in keys for k, d in zip(earlier["kpi"], earlier["dimension"], strict=True)]]
     allk = pd.concat([keep, kpis], ignore_index=True) if len(keep) else kpis
@@ -590,7 +590,7 @@ def write_kpis(con: duckdb.DuckDBPyConnection, kpis: pd.DataFrame, *, run_id: st
 
 def model_fits(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
     """Fitted model parameters this run stored in ``model_fits`` (``model, param, value``)."""
-    return to_frame(con.execute("SELECT model, param, value FROM model_fits WHERE run_id = ? ORDER BY model, param", [run_id]))
+    return to_frame(con.sql("SELECT model, param, value FROM model_fits WHERE run_id = ? ORDER BY model, param", params=[run_id]))
 
 
 def run_checks(con: duckdb.DuckDBPyConnection, p: dict, table: pd.DataFrame, contacts: pd.DataFrame,
@@ -638,7 +638,7 @@ def run_checks(con: duckdb.DuckDBPyConnection, p: dict, table: pd.DataFrame, con
         if len(sub) and abs(actual - share) > tol:
             raise CheckError(f"Contrôle échoué : groupe témoin de « {c.name} » = {100 * actual:.2f} % au lieu de "
                              f"{100 * share:.0f} % (tolérance {100 * tol:.2f} pt)")
-        stored = con.execute("SELECT COUNT(*) FROM campaign_contacts WHERE campaign_id = ?", [c.campaign_id]).fetchone()[0]
+        stored = con.execute("SELECT COUNT(*) FROM campaign_contacts WHERE campaign_id = ?", [c.campaign_id]).fetchall()[0][0]
         if stored != len(sub):
             raise CheckError(f"Contrôle échoué : {stored} contacts enregistrés pour « {c.name} » au lieu de {len(sub)}")
     if len(campaigns):

@@ -1634,5 +1634,5 @@ def rejects_summary(con: duckdb.DuckDBPyConnection, source: str | None = None) -
         "FROM rejects {w} GROUP BY ALL ORDER BY source, path, rows DESC, reason"
     )
     if source is None:
-        return to_frame(con.execute(sql.format(w="")))
-    return to_frame(con.execute(sql.format(w="WHERE source = ?"), [source]))
+        return to_frame(con.sql(sql.format(w="")))
+    return to_frame(con.sql(sql.format(w="WHERE source = ?"), params=[source]))
