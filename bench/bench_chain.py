@@ -113,6 +113,20 @@ def _count(database: str, table: str) -> int | None:
         return None
 
 
+# statements that say nothing of a cell's cost (the set-up of every step's first cell)
+_SETUP = ("import ", "from ", "charts.setup(", "p = params.for_notebook(", "con = db.open_step(")
+_BRANCHES = ("else:", "elif ", "try:", "except", "finally:")
+
+
+def cell_label(source: str, width: int = 110) -> str:
+    """Name a cell by its first statements that do work (set-up lines skipped), joined by `` ; ``."""
+    lines = [ln for ln in source.splitlines() if ln.strip() and not ln.startswith((" ", "#", ")", "]", "}"))]
+    work = [ln.strip() for ln in lines if not ln.startswith(_SETUP) and not ln.startswith(_BRANCHES)] or [
+        ln.strip() for ln in lines[:1]]
+    label = " ; ".join(work[:3])
+    return label if len(label) <= width else label[: width - 1] + "…"
+
+
 def memory_by_cell(run_dir: Path, trace: list) -> list[dict]:
     """Peak tree RSS during each executed cell (papermill start/end times), largest first."""
     import datetime as dt
@@ -132,11 +146,8 @@ def memory_by_cell(run_dir: Path, trace: list) -> list[dict]:
             t1 = dt.datetime.fromisoformat(meta["end_time"].replace("Z", "+00:00")).timestamp()
             inside = [m for t, m in trace if t0 - 0.5 <= t <= t1 + 0.5]
             if inside:
-                lines = [ln for ln in cell.source.splitlines() if ln.strip() and not ln.startswith("#")]
-                # the first line that does something (imports say little about the cell)
-                first = next((ln for ln in lines if not ln.startswith(("import ", "from "))), lines[0] if lines else "")
                 out.append({"notebook": nb_path.stem, "cell": i + 1, "seconds": round(t1 - t0, 2),
-                            "peak_mib": max(inside), "source": first[:90]})
+                            "peak_mib": max(inside), "source": cell_label(cell.source)})
     return sorted(out, key=lambda m: -m["peak_mib"])
 
 

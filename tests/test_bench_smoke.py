@@ -122,3 +122,13 @@ def test_warm_files_reads_files_and_folders(tmp_path):
     (tmp_path / "b.parquet").write_bytes(b"y" * 10)
     assert common.warm_files([tmp_path / "d", tmp_path / "b.parquet"]) >= 0
     assert common.warm_files(None) >= 0
+
+
+def test_cell_label_names_the_work_not_the_set_up():
+    source = ("from crmlab import charts, db\n\ncharts.setup()\np = params.for_notebook(globals(), '06')\n"
+              "con = db.open_step(p.database, '06', p.run_id, p.as_of)\n# comment\n"
+              "responses = mesurer.campaign_responses(con,\n    window_days=7)\nif len(responses):\n    x = 1\n"
+              "else:\n    x = 2\n")
+    assert bench_chain.cell_label(source) == "responses = mesurer.campaign_responses(con, ; if len(responses):"
+    assert bench_chain.cell_label("charts.setup()\n") == "charts.setup()"
+    assert bench_chain.cell_label("a = 1\n" * 80, width=20) == "a = 1 ; a = 1 ; a =…"
