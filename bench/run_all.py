@@ -197,6 +197,17 @@ donnés quand l'écart de charge rend le temps écoulé trompeur) :
     mémoire libérée. Parties vides écartées, texte en chaînes Arrow (`db.arrow_text`) : pic pendant la
     lecture des valeurs courantes 4 079 → 2 654 Mio dans ce cas. Le lot de la démo contient des fichiers
     clients : il n'était pas concerné.
+37. **DuckDB 2.0.1** (session 9 ; 2.0.0 perdait des lignes ajoutées dans une transaction, voir
+    `tests/test_db.py`). Même code, même base à l'échelle 185, versions lancées tour à tour dans un seul
+    processus : chargement de l'étape 01 89,0 et 80,8 s en 1.5.6 contre 71,5 et 54,1 s en 2.0.1,
+    rapprochement 91,6 et 86,3 s contre 82,8 et 65,0 s ; alimentation de l'étape 05 111,9 et 115,4 s contre
+    97,4 et 90,5 s. Un recul : `fill_by_channel` après l'alimentation, 8,9 et 11,3 s contre 16,5 et 13,1 s
+    (l'agrégat des fiches sources jointes aux clients, 4,4 → 6,9 s ; sur la base avant alimentation les
+    deux versions prennent le même temps, et relire les clients modifiés dans la transaction reste
+    instantané : cause non isolée). DuckDB 2 lit les résultats en flux : `db.to_frame` prend une relation
+    (`con.sql`), car sur un résultat de `con.execute` il recopie les lignes avant Arrow (3,5 M lignes :
+    1,1 s et 1,1 Gio contre 0,6 s et 0,8 Gio). Conséquence pour l'utilisateur : une base écrite par
+    crmlab ne s'ouvre plus avec un outil DuckDB 1.x ; les bases existantes s'ouvrent sans conversion.
 
 **Défauts trouvés en mesurant**
 
@@ -252,33 +263,34 @@ donnés quand l'écart de charge rend le temps écoulé trompeur) :
 
 **Restants (cibles non atteintes)**
 
-- **La machine de mesure était bien plus lente le 2 décembre au soir** (session 8, 20 h 10–20 h 37) : sur du
-  code qui n'a pas changé et qui ne passe par aucun noyau Jupyter, lifetimes à 10 M transactions prend
-  27,7 s (20,3 s l'après-midi, 17,2 s le matin), le résumé crmlab 4,47 s (2,78 s), l'ajustement à 1 M
-  clients 2,62 s (1,92 s), le rapprochement de 1 M fiches 39,2 s (28,1 s) : +35 à +60 %. Les temps des
-  chaînes de ce tableau (démo 50,4 s, Online Retail 43,0 s, 10 M 566 s) sont donc à lire avec ce
-  facteur. Pour écarter une cause dans le code : chaîne de démo lancée tour à tour avec le code d'avant la
-  session 8 et le nouveau, même machine, même moment : 57,2 puis 47,9 s avant, 52,7 puis 45,7 s après.
-- Résumé à 10 M transactions : **6,2×** lifetimes ce soir (7,3× l'après-midi), pas 15×. Le plancher est
-  l'agrégation à deux niveaux de DuckDB (client × jour, puis client) sur 2 cœurs : ~5,5 s CPU. Essayés sans
-  gain : regrouper sur un hachage entier du client (3,9 au lieu de 4,2 s CPU, au prix d'un risque de
-  collision), un seul niveau avec `COUNT(DISTINCT jour)` et une jointure pour le montant du premier jour
-  (8,8 s CPU).
-- Chaîne à 10 M transactions : mémoire **3 752 Mio (3,93 Go), sous 4 Go** (4 119 Mio à la session 7,
-  3 875 Mio avant ; points 34 à 36) ; le pic est maintenant dans `fill_by_channel` (étape 05), où DuckDB
-  ne peut pas travailler sous un plafond plus bas. Temps : **566 s** sur la machine ralentie de ce soir
-  (357 s l'après-midi avec le code de la session 7), 300 s visés. Par étape ce soir : 01 174 s, 05 163 s,
-  02 98 s, 04 63 s, 03 41 s, 06 21 s. Ce qui reste :
+- **Vitesse de la machine de mesure** : elle varie d'un moment à l'autre de 35 à 60 % sur du code inchangé
+  qui ne passe par aucun noyau Jupyter (lifetimes à 10 M transactions : 17,2 s le 2 décembre au matin,
+  20,3 s l'après-midi, 27,7 s le soir, 25,6 s lors de ce tableau). Les comparaisons avant/après de ces
+  notes viennent donc d'exécutions alternées au même moment (point 37 ; chaîne de démo avant/après la
+  session 8 : 57,2 et 47,9 s avant, 52,7 et 45,7 s après), pas de tableaux successifs.
+- Résumé à 10 M transactions : **6,6×** lifetimes (3,97 s contre 26,1 s), pas 15×. Le plancher est
+  l'agrégation à deux niveaux de DuckDB (client × jour, puis client) sur 2 cœurs : le premier niveau seul
+  prend ~2 s, quand 15× demanderait moins de 1,8 s pour le tout. Essayés sans gain : regrouper sur un
+  hachage entier du client (3,9 au lieu de 4,2 s CPU, au prix d'un risque de collision), un seul niveau
+  avec `COUNT(DISTINCT jour)` et une jointure pour le montant du premier jour (8,8 s CPU) ; DuckDB 2.0.1
+  gagne ~20 % sur le second niveau (3,2 → 2,5 s), pas assez.
+- Chaîne à 10 M transactions : mémoire **3 654 Mio (3,83 Go), sous 4 Go** ; temps **485 s**, 300 s
+  visés (566 s le 2 décembre au soir en DuckDB 1.5.6, 357 s l'après-midi sur une machine plus rapide).
+  Par étape : 05 145 s, 01 141 s, 02 77 s, 04 58 s, 03 34 s, 06 25 s. Ce qui reste :
+  - l'alimentation de l'étape 05 (107 s) : préparation des valeurs candidates (normalisation des
+    téléphones et e-mails par valeur distincte, ~8 s ; repérage des valeurs invalides, ~9 s), décisions
+    par champ et lecture des valeurs courantes (~24 s), chargement des lots (~15 s) ;
   - les comptages par client restants : grille R × F des étapes 03 et 06 (`rf_grid_at`, la réécriture
     par regroupement y est plus lente), résumé, calibration et suivi CLV (déjà à deux niveaux, sans
     `COUNT(DISTINCT)`) : 3 à 8 s chacun, le coût est le hachage de 10 M clés texte ; une clé client entière
     dans `transactions` (changement du modèle de données) le diviserait par ~2 (mesuré : agrégation à deux
     niveaux 1,75 s sur la clé texte, 0,89 s sur une clé entière, plus 1,2 s pour la construire) ;
-  - le chargement de l'étape 01 : `INSERT` des 10 M achats (~24 s CPU, débordement sur disque sous le
-    plafond), `read_csv` (~13 s), lectures Python des fichiers (empreinte, contrôle UTF-8, transcodage
-    cp1252 : ~12 s) ;
+  - le chargement de l'étape 01 (64 s) : `INSERT` des 10 M achats, `read_csv`, lectures Python des
+    fichiers (empreinte, contrôle UTF-8, transcodage cp1252 : ~12 s) ; le rapprochement (70 s) :
+    pondération des paires (14–19 s en 2.0.1) et regroupement (9–12 s) ;
   - l'étape 04 renormalise les 1,58 M fiches clients à chaque collecte (~14 s) pour rapprocher les
     contacts entrants.
+- `fill_by_channel` plus lent en DuckDB 2.0.1 (point 37, +4 à +6 s), cause non isolée.
 - Les montants des modèles CLV restent des sommes `DOUBLE` en parallèle : paramètres Gamma-Gamma à 10⁻¹²
   près d'une exécution à l'autre (les sommes de la RFM et des paniers sont arrondies, voir plus haut).
 - Précision du rapprochement à l'échelle 185 : 0,895 au seuil 0,90 (rappel 0,981) ; le monde de démo a
@@ -483,7 +495,7 @@ def render_chain(data: dict) -> list[str]:
             if c.get("memory_by_cell") and case == "demo_large"]
     for case, cells in slow:
         lines += [f"Cellules les plus longues ({case}, temps papermill, mémoire de l'arbre pendant la cellule) :", "",
-                  "| carnet | cellule | temps | mémoire arbre | première ligne |", "|---|---|---|---|---|"]
+                  "| carnet | cellule | temps | mémoire arbre | début de la cellule (réglages sautés) |", "|---|---|---|---|---|"]
         for m in sorted(cells, key=lambda m: -m["seconds"])[:10]:
             lines.append(f"| {m['notebook']} | {m['cell']} | {fmt_s(m['seconds'])} | {fmt_mib(m['peak_mib'])} | `{m['source']}` |")
         lines.append("")
