@@ -8,9 +8,10 @@ import sys
 import types
 from pathlib import Path
 
-import crmlab
 import pytest
 import yaml
+
+import crmlab
 from crmlab import cli, params, runner
 from crmlab.params import Param
 

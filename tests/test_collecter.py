@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
 from crmlab import collecter, db
 from crmlab.errors import InputError
 

@@ -130,8 +130,8 @@ def test_chain_writes_run_folder_and_tables(loaded, tiny_demo):
     # every bad row written by the demo world is in rejects, with the file's line number
     bad = pd.read_csv(tiny_demo.data_dir / "truth" / "bad_rows.csv")
     rejects = con.execute("SELECT path, row_number FROM rejects WHERE reason NOT LIKE 'valeur ignorée%'").df()
-    got = {(Path(p).name, int(r)) for p, r in zip(rejects.path, rejects.row_number)}
-    assert {(f, int(line)) for f, line in zip(bad.file.map(lambda x: Path(x).name), bad.line)} <= got
+    got = {(Path(p).name, int(r)) for p, r in zip(rejects.path, rejects.row_number, strict=True)}
+    assert {(f, int(line)) for f, line in zip(bad.file.map(lambda x: Path(x).name), bad.line, strict=True)} <= got
     kpis = dict(con.execute("SELECT kpi, value FROM kpis WHERE step = '01' AND dimension = ''").fetchall())
     assert kpis["clients uniques"] == q("SELECT count(*) FROM customers")
     assert kpis["rapprochement précision"] >= 0.95

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from crmlab import demo
 from scipy.special import hyp2f1
+
+from crmlab import demo
 
 SCALE = 0.08  # about 480 buying persons: fast, yet every file has rows
 

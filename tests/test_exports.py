@@ -2,9 +2,10 @@
 
 import pandas as pd
 import pytest
-from crmlab import exports
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from crmlab import exports
 
 PHONES = ["+33612345678", "06 12 34 56 78", "01 42 00 00 00", "12", None]
 EMAILS = ["a.b@gmail.com", "=HYPERLINK(\"x\")@evil.com", "pas-un-email", None]

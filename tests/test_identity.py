@@ -6,10 +6,11 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 import pytest
-from crmlab import db, identity
-from crmlab.errors import InputError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from crmlab import db, identity
+from crmlab.errors import InputError
 
 NOW = dt.datetime(2026, 1, 1, 12, 0, 0)
 COLUMNS = ["source", "source_key", "first_name", "last_name", "email", "phone", "address", "postal_code",

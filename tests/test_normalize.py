@@ -3,9 +3,10 @@ import random
 import duckdb
 import pandas as pd
 import pytest
-from crmlab import normalize as nz
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from crmlab import normalize as nz
 
 
 @pytest.mark.parametrize(

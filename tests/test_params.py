@@ -15,6 +15,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
+
 from crmlab import params
 from crmlab.errors import ParamsError
 from crmlab.params import Param

@@ -12,6 +12,7 @@ import duckdb
 import nbformat
 import pytest
 from conftest import fake_notebook, fake_run_params
+
 from crmlab import params, report, runner
 from crmlab.errors import ParamsError
 from crmlab.runner import Step, run_chain, select_steps

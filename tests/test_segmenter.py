@@ -4,9 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from pandas.testing import assert_frame_equal
+
 from crmlab import db, params, rfm, segmenter
 from crmlab.errors import CheckError, ParamsError
-from pandas.testing import assert_frame_equal
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "02_segmenter" / "segmenter.ipynb"

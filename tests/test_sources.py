@@ -9,10 +9,11 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 import pytest
-from crmlab import db, sources
-from crmlab.errors import InputError, ParamsError
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from crmlab import db, sources
+from crmlab.errors import InputError, ParamsError
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 CANONICAL = ["ingestions", "rejects", "source_customers", "transactions", "consents", "campaigns", "campaign_contacts"]

@@ -1,9 +1,10 @@
 import numpy as np
 import pandas as pd
 import pytest
+from pandas.testing import assert_frame_equal
+
 from crmlab import db, rfm, targets
 from crmlab.errors import InputError, ParamsError
-from pandas.testing import assert_frame_equal
 
 LABELS = rfm.segment_order("rf_grid")
 

@@ -226,7 +226,7 @@ def rejects_table(loads: LoadSummary):
 
 
 def reject_examples(con: duckdb.DuckDBPyConnection, p: dict, per_reason: int = 2):
-    """A few rejected rows per reason for this run, personal data masked.
+    """Return a few rejected rows per reason for this run, personal data masked.
 
     Returns
     -------
@@ -604,14 +604,14 @@ RULE_LABELS = {
 
 
 def rules_table(view):
-    """Number of source records per linking rule."""
+    """Count the source records per linking rule."""
     from crmlab.display import table
 
     return table(view.rule_counts, formats={"records": "int"}, labels={"rule": "Règle de rapprochement", "records": "Fiches"})
 
 
 def threshold_table(view):
-    """The threshold's effect: customers, pairs accepted and (with truth) precision/recall."""
+    """Tabulate the threshold's effect: customers, pairs accepted and (with truth) precision/recall."""
     from crmlab.display import table
 
     frame = view.thresholds.copy()
@@ -665,7 +665,7 @@ def review_note(view) -> str:
 
 
 def merged_examples(view) -> pd.DataFrame:
-    """A few merged customers with their source records, personal data masked."""
+    """Return a few merged customers with their source records, personal data masked."""
     from crmlab.display import mask_pii
 
     ex = view.examples
@@ -725,7 +725,7 @@ def completeness_chart(comp: pd.DataFrame):
 
 
 def completeness_sentence(comp: pd.DataFrame) -> str:
-    """A French sentence reading the completeness chart."""
+    """Write a French sentence reading the completeness chart."""
     from crmlab.charts import fr_percent
 
     if comp.empty:
@@ -776,12 +776,12 @@ def kpis(con: duckdb.DuckDBPyConnection, p: dict, loads: LoadSummary, view, comp
 
 
 def kpis_table(k: pd.DataFrame):
-    """The headline KPIs in French."""
+    """Tabulate the headline KPIs in French."""
     from crmlab.charts import fr_number, fr_percent
     from crmlab.display import table
 
     head = k[k.dimension == ""].copy()
-    head["Valeur"] = [fr_percent(v) if u == "part" else fr_number(v) for v, u in zip(head.value, head.unit)]
+    head["Valeur"] = [fr_percent(v) if u == "part" else fr_number(v) for v, u in zip(head.value, head.unit, strict=True)]
     return table(head[["kpi", "Valeur"]].rename(columns={"kpi": "Indicateur"}))
 
 

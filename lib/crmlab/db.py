@@ -435,7 +435,7 @@ def commit_step(con: duckdb.DuckDBPyConnection, step: str, run_id: str) -> None:
 
 
 def now() -> dt.datetime:
-    """Current local time without microseconds (stored timestamps)."""
+    """Return the current local time without microseconds (stored timestamps)."""
     return dt.datetime.now().replace(microsecond=0)
 
 

@@ -430,7 +430,7 @@ def _make_persons(rng: np.random.Generator, rnd: random.Random, n: int, prefix: 
 
 
 def _mailbox(e: str) -> str:
-    """The mailbox an address reaches: Gmail ignores dots in the local part."""
+    """Return the mailbox an address reaches: Gmail ignores dots in the local part."""
     local, _, dom = e.partition("@")
     if dom in ("gmail.com", "googlemail.com"):
         local = local.replace(".", "")

@@ -59,14 +59,16 @@ def mask_pii(frame: pd.DataFrame) -> pd.DataFrame:
             out[col] = out[col].map(mask_email)
         elif "phone" in name or "tel" == name:
             out[col] = out[col].map(mask_phone)
-        elif name in ("first_name", "last_name", "address", "birth_date"):
-            out[col] = out[col].map(lambda v: mask_text(v) if name != "birth_date" else (str(v)[:4] + "-••-••" if pd.notna(v) else v))
+        elif name == "birth_date":
+            out[col] = out[col].map(lambda v: str(v)[:4] + "-••-••" if pd.notna(v) else v)
+        elif name in ("first_name", "last_name", "address"):
+            out[col] = out[col].map(mask_text)
     return out
 
 
 def table(frame: pd.DataFrame, formats: dict[str, str] | None = None, labels: dict[str, str] | None = None,
           currency: str = "EUR", index: bool = False):
-    """A styled, French-formatted table for display (``pandas.io.formats.style.Styler``).
+    """Build a styled, French-formatted table for display (``pandas.io.formats.style.Styler``).
 
     Parameters
     ----------
@@ -101,7 +103,7 @@ def table(frame: pd.DataFrame, formats: dict[str, str] | None = None, labels: di
 
 
 def callout(text: str, kind: str = "info") -> HTMLBlock:
-    """A short highlighted paragraph (finding, warning) for notebooks and reports.
+    """Build a short highlighted paragraph (finding, warning) for notebooks and reports.
 
     ``text`` is plain French text (escaped); ``**bold**`` is kept.
     """
@@ -113,7 +115,7 @@ def callout(text: str, kind: str = "info") -> HTMLBlock:
 
 
 def bullets(items: list[str]) -> HTMLBlock:
-    """A bulleted list of French sentences (escaped; ``**bold**`` kept)."""
+    """Build a bulleted list of French sentences (escaped; ``**bold**`` kept)."""
     lis = "".join("<li>" + _bold(html.escape(t)) + "</li>" for t in items)
     return HTMLBlock(f"<ul>{lis}</ul>")
 

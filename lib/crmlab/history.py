@@ -46,7 +46,7 @@ def current_consents(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
 
 
 def current_consents_sql(table: str = "consents", where: str | None = None) -> str:
-    """SQL of the current consent state (one row per customer_id, channel) of ``table``.
+    """Build the SQL of the current consent state (one row per customer_id, channel) of ``table``.
 
     ``where``: an extra condition on the consent rows (e.g. some customers only).
     Columns ``customer_id, channel, opted_in, updated_at, source``.

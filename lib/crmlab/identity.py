@@ -129,12 +129,12 @@ LEGACY_ID_HEX_DIGITS = 10
 
 
 def customer_id(source: str, source_key: str, digits: int = ID_HEX_DIGITS) -> str:
-    """Customer id of the cluster whose smallest record is ``(source, source_key)``."""
+    """Return the customer id of the cluster whose smallest record is ``(source, source_key)``."""
     return "C" + hashlib.md5(f"{source}|{source_key}".encode()).hexdigest()[:digits]
 
 
 def customer_id_sql(source: str, source_key: str, digits: int = ID_HEX_DIGITS) -> str:
-    """SQL expression of :func:`customer_id` over two VARCHAR expressions."""
+    """Build the SQL expression of :func:`customer_id` over two VARCHAR expressions."""
     return f"('C' || left(md5({source} || '|' || {source_key}), {digits}))"
 
 

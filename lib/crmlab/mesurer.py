@@ -342,7 +342,7 @@ def segment_sizes(con: duckdb.DuckDBPyConnection, revenue_months: int = 12) -> p
 
 
 def _signed_count(n: float) -> str:
-    """A change of a count in French: ``+1 746``, ``−12`` (narrow spaces, true minus sign)."""
+    """Format a change of a count in French: ``+1 746``, ``−12`` (narrow spaces, true minus sign)."""
     return ("+" if n >= 0 else "−") + fr_number(abs(int(n)))
 
 

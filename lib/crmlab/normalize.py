@@ -578,7 +578,7 @@ def _sql_lit(text: str) -> str:
 
 
 def _email_parts_sql(x: str) -> dict[str, str]:
-    """SQL of the parts :func:`email` works on: trimmed lowercase text ``t``, ``local`` and ``domain``."""
+    """Build the SQL of the parts :func:`email` works on: trimmed lowercase text ``t``, ``local`` and ``domain``."""
     t0 = f"lower(trim({x}))"
     t = f"(CASE WHEN starts_with({t0}, 'mailto:') THEN trim(substr({t0}, 8)) ELSE {t0} END)"
     return {"t": t, "local": f"split_part({t}, '@', 1)", "domain": f"trim(split_part({t}, '@', 2), '.')"}

@@ -457,7 +457,7 @@ def _resolved(block: dict, schema: dict[str, Param], base: Path) -> dict:
 
 
 def new_run_id(name: str) -> str:
-    """A run identifier: ``<name>-<YYYYmmddTHHMMSS>``."""
+    """Make a run identifier: ``<name>-<YYYYmmddTHHMMSS>``."""
     return f"{name}-{dt.datetime.now():%Y%m%dT%H%M%S}"
 
 

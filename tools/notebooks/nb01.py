@@ -27,7 +27,8 @@ CELLS = [
         """
         from IPython.display import display
 
-        from crmlab import charts, constituer, db, display as show, params
+        from crmlab import charts, constituer, db, params
+        from crmlab import display as show
 
         p = params.for_notebook(globals(), "01")
         charts.setup()

@@ -30,7 +30,8 @@ CELLS = [
         """
         from IPython.display import display
 
-        from crmlab import charts, db, display as show, interagir, params, uplift
+        from crmlab import charts, db, interagir, params, uplift
+        from crmlab import display as show
 
         p = params.for_notebook(globals(), "03")
         charts.setup()

@@ -29,7 +29,8 @@ CELLS = [
         """
         from IPython.display import display
 
-        from crmlab import charts, collecter, db, display as show, params
+        from crmlab import charts, collecter, db, params
+        from crmlab import display as show
 
         p = params.for_notebook(globals(), "04")
         charts.setup()
