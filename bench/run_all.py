@@ -204,7 +204,8 @@ donnés quand l'écart de charge rend le temps écoulé trompeur) :
     97,4 et 90,5 s. Un recul : `fill_by_channel` après l'alimentation, 8,9 et 11,3 s contre 16,5 et 13,1 s
     (l'agrégat des fiches sources jointes aux clients, 4,4 → 6,9 s ; sur la base avant alimentation les
     deux versions prennent le même temps, et relire les clients modifiés dans la transaction reste
-    instantané : cause non isolée). DuckDB 2 lit les résultats en flux : `db.to_frame` prend une relation
+    instantané ; recalculée deux fois de suite dans le même processus, 2.0.1 est 2,4 s plus lent sous le
+    plafond de 1,5 Gio et 2,9 s plus rapide sous 4 Gio : en partie du bruit, cause non isolée). DuckDB 2 lit les résultats en flux : `db.to_frame` prend une relation
     (`con.sql`), car sur un résultat de `con.execute` il recopie les lignes avant Arrow (3,5 M lignes :
     1,1 s et 1,1 Gio contre 0,6 s et 0,8 Gio). Conséquence pour l'utilisateur : une base écrite par
     crmlab ne s'ouvre plus avec un outil DuckDB 1.x ; les bases existantes s'ouvrent sans conversion.
@@ -290,7 +291,8 @@ donnés quand l'écart de charge rend le temps écoulé trompeur) :
     pondération des paires (14–19 s en 2.0.1) et regroupement (9–12 s) ;
   - l'étape 04 renormalise les 1,58 M fiches clients à chaque collecte (~14 s) pour rapprocher les
     contacts entrants.
-- `fill_by_channel` plus lent en DuckDB 2.0.1 (point 37, +4 à +6 s), cause non isolée.
+- `fill_by_channel` plus lent en DuckDB 2.0.1 dans les exécutions alternées (point 37, +4 à +6 s), cause non
+  isolée.
 - Les montants des modèles CLV restent des sommes `DOUBLE` en parallèle : paramètres Gamma-Gamma à 10⁻¹²
   près d'une exécution à l'autre (les sommes de la RFM et des paniers sont arrondies, voir plus haut).
 - Précision du rapprochement à l'échelle 185 : 0,895 au seuil 0,90 (rappel 0,981) ; le monde de démo a
