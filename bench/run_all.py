@@ -205,8 +205,8 @@ donnés quand l'écart de charge rend le temps écoulé trompeur) :
     (l'agrégat des fiches sources jointes aux clients, 4,4 → 6,9 s ; sur la base avant alimentation les
     deux versions prennent le même temps, et relire les clients modifiés dans la transaction reste
     instantané ; recalculée deux fois de suite dans le même processus, 2.0.1 est 2,4 s plus lent sous le
-    plafond de 1,5 Gio et 2,9 s plus rapide sous 4 Gio : en partie du bruit, cause non isolée). DuckDB 2 lit les résultats en flux : `db.to_frame` prend une relation
-    (`con.sql`), car sur un résultat de `con.execute` il recopie les lignes avant Arrow (3,5 M lignes :
+    plafond de 1,5 Gio et 2,9 s plus rapide sous 4 Gio : en partie du bruit, cause non isolée). DuckDB 2
+    lit les résultats en flux : `db.to_frame` prend une relation (`con.sql`), car sur un résultat de `con.execute` il recopie les lignes avant Arrow (3,5 M lignes :
     1,1 s et 1,1 Gio contre 0,6 s et 0,8 Gio). Conséquence pour l'utilisateur : une base écrite par
     crmlab ne s'ouvre plus avec un outil DuckDB 1.x ; les bases existantes s'ouvrent sans conversion.
 
