@@ -511,7 +511,7 @@ _FLAT_TYPE = re.compile(r"VARCHAR|U?(BIG|SMALL|TINY|HUGE)?INT(EGER)?|BOOLEAN|DOU
                         r"|DATE|TIMESTAMP(_NS|_MS|_S)?")
 
 
-def to_frame(result: duckdb.DuckDBPyRelation | duckdb.DuckDBPyConnection) -> pd.DataFrame:
+def to_frame(result: duckdb.DuckDBPyRelation) -> pd.DataFrame:
     """Return the rows of a query as a pandas frame, typed as DuckDB's ``.df()`` types them.
 
     ``result`` is a relation, ``con.sql(query, params=...)``: on the result of
